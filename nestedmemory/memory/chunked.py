@@ -1,0 +1,262 @@
+"""The chunk-parallel path (SPEC §2.2): one memory forward/backward per chunk at the frozen gradient point, the
+linear recurrences inside the chunk as coefficient matrices (the dual form).
+
+Within a chunk every memory weight evolves as ``W_t = β_t W_0 + f_t S_0 + Σ_i G_{t,i} h_iᵀ δ_i`` where
+``(h_i, δ_i)`` are the rank-one gradient factors of the write tokens (``nets.write_factors``) and ``β, f, G``
+depend only on the gates: ``β_t = Π_{l≤t}(1−α_l)``; for ``gd``, ``G = −D_β diag(θ) Γ``; for ``momentum``,
+``G = −D_β D_η diag(θ) Γ`` and ``f = D_β m`` with ``m_t = Π_{l≤t} η_l`` (SPEC §2.2), where
+``D_x[t, j] = Π_{j<l≤t} x_l`` and ``Γ`` places the Omega window gates. A read ``h W_t`` is then
+``β_t (h W_0) + f_t (h S_0) + Σ_i G_{t,i} (h·h_i) δ_i``: per-token weights are never formed. DGD solves the
+chunk's unit-triangular system (WY/UT form); Muon forms the per-token momenta to orthogonalise them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from .maps import chunk_end, lag_step, memory_of, newton_schulz
+from .nets import explicit, forward, write_factors
+from .objectives import output_grad
+
+
+def segsum(x):
+    """``out[..., t, j] = Σ_{j<l≤t} x[..., l]`` for ``j ≤ t`` and ``−inf`` above the diagonal (stable)."""
+    c = x.shape[-1]
+    strict = torch.ones(c, c, dtype=torch.bool, device=x.device).tril(-1)
+    sums = x.unsqueeze(-1).expand(*x.shape, c).masked_fill(~strict, 0).cumsum(-2)
+    return sums.masked_fill(~strict.logical_or(torch.eye(c, dtype=torch.bool, device=x.device)), -math.inf)
+
+
+def _log(gate):
+    return torch.log(gate.clamp_min(torch.finfo(gate.dtype).tiny))
+
+
+def run(rule, s, state):
+    b, h, t_len, _ = s.q.shape
+    if t_len == 0:
+        return s.q.new_zeros(b, h, 0, s.v.shape[-1]), state
+    c, off = rule.chunk_size, state.offset
+    n_chunks = -(-(off + t_len) // c)
+    back = n_chunks * c - off - t_len
+
+    def grid(x, value=0.0):
+        """Tokens on the chunk grid ``[B, H, N, C, ...]`` (``off`` pads in front, the rest behind)."""
+        if x is None:
+            return None
+        pad = [0, 0] * (x.dim() - 3) + [off, back]
+        return F.pad(x, pad, value=value).unflatten(2, (n_chunks, c))
+
+    lag = [rule.is_lag and not (n == 0 and off > 0) for n in range(n_chunks)]
+    lr, retain = grid(s.lr), grid(s.retain, 1.0)
+    keep = torch.ones(n_chunks, c, 1, dtype=lr.dtype, device=lr.device)
+    keep[torch.tensor(lag, device=lr.device), 0] = 0  # the lag token's update is done by ``lag_step``
+    gamma = _window(rule, s, off, c, n_chunks)
+    active = grid(torch.ones_like(s.lr[..., :1]))
+    coef = _coefficients(rule, lr * keep, 1 - (1 - retain) * keep, grid(s.momentum, 1.0), gamma, active)
+    writes = _write_tokens(rule, s, off, c, n_chunks, grid)
+    q, q_raw = grid(s.q), grid(s.q_raw)
+
+    weights, momentum = list(state.weights), state.momentum
+    anchor, norm, lag_decay = state.anchor, state.norm, state.lag_decay
+    outs = []
+    for n in range(n_chunks):
+        if lag[n]:
+            point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
+            first = {name: x[:, :, n, :1] for name, x in writes.items()}
+            grads = [x.transpose(-1, -2) @ d for x, d in _factors(rule, point, first)]
+            weights, norm = lag_step(rule.retention, weights, grads, retain[:, :, n, :1], lr[:, :, n, :1],
+                                     q=rule.q, eps=rule.eps, shrink=rule.shrink)
+            anchor, lag_decay = weights, 1.0
+        elif not (n == 0 and off > 0):
+            anchor = weights
+        factors = _factors(rule, anchor, {name: x[:, :, n] for name, x in writes.items()})
+        if norm is not None:
+            factors = [(x, d / nu) for (x, d), nu in zip(factors, norm)]
+        chunk_coef = {name: x[:, :, n] for name, x in coef.items()}
+        out, weights, momentum = _SEGMENTS[rule.learner](rule, q[:, :, n], q_raw[:, :, n], weights, momentum,
+                                                         factors, chunk_coef)
+        outs.append(out)
+        if lag_decay is not None:
+            lag_decay = lag_decay * _last(chunk_coef["beta"])
+        if n < n_chunks - 1 or back == 0:
+            if rule.is_lag:
+                weights = chunk_end(rule.retention, weights, anchor, norm, lag_decay)
+            anchor = norm = lag_decay = None
+    out = torch.cat(outs, dim=2)[:, :, off:off + t_len]
+    return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, norm=norm,
+                        lag_decay=lag_decay, offset=(off + t_len) % c)
+
+
+def _factors(rule, point, tokens):
+    """Gradient factors ``[(h_l, δ_l)]`` of the write tokens at the explicit weights ``point``."""
+    pred, cache = forward(rule, tokens["k"], tokens["k_raw"], explicit(point))
+    d_out = output_grad(rule.objective, pred, tokens["v"], p=rule.p, eps=rule.eps,
+                        threshold=tokens.get("threshold"), shift=tokens.get("shift"))
+    return write_factors(rule, cache, d_out, point)
+
+
+# ------------------------------------------------------------------------------------------ write tokens
+def _write_tokens(rule, s, off, c, n_chunks, grid):
+    """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens."""
+    names = {"k": s.k, "k_raw": s.k_raw, "v": s.v, "threshold": s.threshold, "shift": s.shift}
+    if rule.window == 1:
+        return {name: grid(x) for name, x in names.items() if x is not None}
+    pos, _ = _ext_positions(rule.window - 1, s.halo, s.k.shape[2], off, c, n_chunks, s.k.device)
+    index = pos.clamp(0, s.k.shape[2] - 1)
+    return {name: x[:, :, index] for name, x in names.items() if x is not None}
+
+
+def _ext_positions(w, halo, length, off, c, n_chunks, device):
+    """Stream positions ``[N, w + C]`` of each chunk's extended write tokens, and the first real position."""
+    n = torch.arange(n_chunks, device=device).unsqueeze(1)
+    e = torch.arange(w + c, device=device).unsqueeze(0)
+    first = halo + (n * c - off).clamp_min(0)
+    real = n * c + (e - w) - off
+    pos = torch.where(e < w, first - (w - e), halo + real)
+    valid = (pos >= 0) & (pos < length) & ((e < w) | (real >= 0))
+    return torch.where(valid, pos, -1), first.squeeze(1)
+
+
+def _window(rule, s, off, c, n_chunks):
+    """``Γ [B, H, N, 1, C, w + C]``: ``Γ[n, t, e] = γ_{t,r}`` where ext slot ``e`` holds token ``t − r``."""
+    if rule.window == 1:
+        return None
+    w, t_len = rule.window - 1, s.q.shape[2]
+    device = s.q.device
+    _, first = _ext_positions(w, s.halo, s.k.shape[2], off, c, n_chunks, device)
+    j = torch.arange(t_len, device=device).unsqueeze(1)
+    r = torch.arange(rule.window, device=device).unsqueeze(0)
+    n, t = (off + j) // c, (off + j) % c
+    src = s.halo + j - r
+    f = first[n]
+    e = torch.where(src >= f, w + (src - s.halo + off) - n * c, w - (f - src))
+    ok = src >= 0
+    b, h = s.q.shape[:2]
+    gamma = s.q.new_zeros(b, h, n_chunks, c, w + c)
+    index = [x.expand_as(src)[ok] for x in (n, t, e, j, r)]
+    gamma[:, :, index[0], index[1], index[2]] = s.window[:, :, index[3], index[4]]
+    return gamma.unsqueeze(3)
+
+
+# ------------------------------------------------------------------------------------------ coefficients
+def _coefficients(rule, lr, retain, momentum, gamma, active):
+    """Gate-only coefficients for every chunk, laid out ``[B, H, N, G, C(, C or E)]``. ``active`` is 0 on the
+    padding tokens of the chunk grid, where momentum must not be added to the weights."""
+    move = lambda x: x.movedim(-1, -2)  # noqa: E731  [B,H,N,C,G] -> [B,H,N,G,C]
+    theta, log_a = move(lr), move(_log(retain))
+    seg = segsum(log_a)
+    decay = torch.exp(seg)                                   # D_β
+    coef = {"beta": torch.exp(log_a.cumsum(-1))}
+    window = (lambda x: x) if gamma is None else (lambda x: x @ gamma)  # noqa: E731
+    if rule.learner in ("gd", "omega"):
+        coef["G"] = window(-decay * theta.unsqueeze(-2))
+    elif rule.learner == "momentum":
+        log_m = move(_log(momentum))
+        carry = torch.exp(segsum(log_m)) * theta.unsqueeze(-2)   # D_η diag(θ)
+        m = torch.exp(log_m.cumsum(-1))
+        decay = decay * move(active).unsqueeze(-2)               # W_t = a_t W_{t-1} + [active_t] S_t
+        coef.update(G=window(-decay @ carry), f=(decay @ m.unsqueeze(-1)).squeeze(-1),
+                    Gs=window(-carry[..., -1:, :]).squeeze(-2), m=m)
+    elif rule.learner == "muon":
+        log_m = move(_log(momentum))
+        coef.update(P=window(torch.exp(segsum(log_m))), m=torch.exp(log_m.cumsum(-1)),
+                    Dtheta=decay * theta.unsqueeze(-2))
+    else:  # dgd: β_{t-1}/β_i θ_i for the strictly lower triangle, and β_{t-1}
+        coef.update(Dtheta=decay * theta.unsqueeze(-2),
+                    L=torch.exp(seg - log_a.unsqueeze(-1)).tril(-1) * theta.unsqueeze(-2),
+                    beta_prev=torch.exp(log_a.cumsum(-1) - log_a))
+    return coef
+
+
+def _rows(x):
+    """``[B, H, G, C]`` -> ``[B, H, C, G]`` (broadcasts against ``[B, H, C, out]``)."""
+    return x.transpose(-1, -2)
+
+
+def _last(x):
+    """The coefficient of the chunk's last token, ``[B, H, G, C]`` -> ``[B, H, 1, G]``."""
+    return x[..., -1].unsqueeze(-2)
+
+
+def _contract(a, g, delta):
+    """``Σ_i a[t,i] G[t,i] δ_i`` for scalar (``G`` ``[B,H,1,C,E]``) or channel-wise (``[B,H,D,C,E]``) gates."""
+    if g.shape[2] == 1:
+        return (a * g[:, :, 0]) @ delta
+    return torch.einsum("bhte,bhgte,bheg->bhtg", a, g, delta)
+
+
+def _end(g_last, x, delta):
+    """``Σ_i h_iᵀ (g_i δ_i)`` with ``g_last`` ``[B, H, G, E]``."""
+    return x.transpose(-1, -2) @ (g_last.transpose(-1, -2) * delta)
+
+
+# ------------------------------------------------------------------------------------------ segments
+def _linear_segment(rule, q, q_raw, weights, momentum, factors, coef):
+    """``gd`` / ``omega`` / ``momentum``: dual-form reads and the chunk-end state."""
+    beta, g = coef["beta"], coef["G"]
+    f = coef.get("f")
+
+    def mm(layer, r):
+        x, delta = factors[layer]
+        z = _rows(beta) * (r @ weights[layer]) + _contract(r @ x.transpose(-1, -2), g, delta)
+        if f is not None:
+            z = z + _rows(f) * (r @ momentum[layer])
+        return z
+
+    out, _ = forward(rule, q, q_raw, mm)
+    new_w = []
+    for layer, (x, delta) in enumerate(factors):
+        w = _last(beta) * weights[layer] + _end(g[..., -1, :], x, delta)
+        if f is not None:
+            w = w + _last(f) * momentum[layer]
+        new_w.append(w)
+    if f is not None:
+        momentum = [_last(coef["m"]) * m + _end(coef["Gs"], x, delta) for m, (x, delta) in zip(momentum, factors)]
+    return out, new_w, momentum
+
+
+def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
+    """DGD: ``U_t = h_t W_{t−1} + δ_t`` solves ``(I + L) U = β_{t−1} (H W_0) + Δ`` with
+    ``L[t,i] = (β_{t−1}/β_i) θ_i (h_t·h_i)`` (i < t); then ``W_t = β_t W_0 − Σ_{i≤t} (β_t/β_i) θ_i h_iᵀ U_i``."""
+    beta, d_theta = coef["beta"][:, :, 0], coef["Dtheta"][:, :, 0]
+    us = []
+    for (x, delta), w in zip(factors, weights):
+        system = coef["L"][:, :, 0] * (x @ x.transpose(-1, -2))
+        rhs = coef["beta_prev"][:, :, 0].unsqueeze(-1) * (x @ w) + delta
+        us.append(torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True))
+
+    def mm(layer, r):
+        x = factors[layer][0]
+        return beta.unsqueeze(-1) * (r @ weights[layer]) - ((r @ x.transpose(-1, -2)) * d_theta) @ us[layer]
+
+    out, _ = forward(rule, q, q_raw, mm)
+    new_w = [beta[..., -1:, None] * w - x.transpose(-1, -2) @ (d_theta[..., -1, :].unsqueeze(-1) * u)
+             for w, (x, _), u in zip(weights, factors, us)]
+    return out, new_w, momentum
+
+
+def _muon_segment(rule, q, q_raw, weights, momentum, factors, coef):
+    """Muon (Atlas §5.1): all momenta ``S_t`` of the chunk are known from the frozen-point gradients, so
+    ``NS_k(S_t)`` is applied to all of them in parallel, then ``W_t = β_t W_0 + Σ_{j≤t} (β_t/β_j) θ_j NS_k(S_j)``."""
+    beta, m = coef["beta"][:, :, 0], coef["m"][:, :, 0]
+    p, d_theta = coef["P"][:, :, 0], coef["Dtheta"][:, :, 0]
+    per_token, new_s = [], []
+    for (x, delta), w, s0 in zip(factors, weights, momentum):
+        s_all = m[..., None, None] * s0.unsqueeze(2) - torch.einsum("bhte,bhei,bheo->bhtio", p, x, delta)
+        ortho = newton_schulz(s_all, rule.ns_steps)
+        per_token.append(beta[..., None, None] * w.unsqueeze(2) + torch.einsum("bhtj,bhjio->bhtio", d_theta, ortho))
+        new_s.append(s_all[:, :, -1])
+
+    def mm(layer, r):
+        return (r.unsqueeze(-2) @ per_token[layer]).squeeze(-2)
+
+    out, _ = forward(rule, q, q_raw, mm)
+    return out, [w[:, :, -1] for w in per_token], new_s
+
+
+_SEGMENTS = {"gd": _linear_segment, "omega": _linear_segment, "momentum": _linear_segment,
+             "muon": _muon_segment, "dgd": _dgd_segment}

@@ -1,0 +1,87 @@
+"""The literal token-by-token path: the oracle for every fast path and the decoding step.
+
+Each token: at a chunk boundary the gradient point ``A`` is frozen at the current memory (for the Miras
+retentions the boundary token is a lag token, updated by the exact non-linear rule); the surprise
+``u_t = Σ_r γ_{t,r} ∇ℓ(A; k_{t−r}, v_{t−r})`` is taken by autograd; the learner updates the weights as written in
+:class:`~nestedmemory.memory.rule.MemoryRule`; the output is read after the write, ``o_t = M_{W_t}(q_t)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .maps import chunk_end, lag_step, memory_of, newton_schulz
+from .nets import explicit, forward
+from .objectives import loss
+
+
+def run(rule, s, state):
+    outer = torch.is_grad_enabled()
+    weights, momentum = list(state.weights), state.momentum
+    anchor, norm, lag_decay, offset = state.anchor, state.norm, state.lag_decay, state.offset
+    outs = []
+    for j in range(s.q.shape[2]):
+        pos = s.halo + j
+        lr, retain = s.lr[:, :, j:j + 1], s.retain[:, :, j:j + 1]
+        mom = None if s.momentum is None else s.momentum[:, :, j:j + 1]
+        if offset == 0 and rule.is_lag:
+            point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
+            grads, _ = surprise(rule, s, point, [pos], None, outer)
+            weights, norm = lag_step(rule.retention, weights, grads, retain, lr,
+                                     q=rule.q, eps=rule.eps, shrink=rule.shrink)
+            anchor, lag_decay = weights, torch.ones_like(retain)
+        else:
+            if offset == 0:
+                anchor = weights
+            index = [pos - r for r in range(rule.window) if pos - r >= 0]
+            gamma = None if s.window is None else s.window[:, :, j, :len(index)]
+            grads, inputs = surprise(rule, s, anchor, index, gamma, outer)
+            if norm is not None:
+                grads = [g / n for g, n in zip(grads, norm)]
+            weights, momentum = learn(rule, weights, momentum, grads, inputs, lr, retain, mom)
+            if lag_decay is not None:
+                lag_decay = lag_decay * retain
+        out, _ = forward(rule, s.q[:, :, j:j + 1], s.q_raw[:, :, j:j + 1], explicit(weights))
+        outs.append(out)
+        offset += 1
+        if offset == rule.chunk_size:
+            if rule.is_lag:
+                weights = chunk_end(rule.retention, weights, anchor, norm, lag_decay)
+            anchor = norm = lag_decay = None
+            offset = 0
+    out = torch.cat(outs, dim=2) if outs else s.q.new_zeros(*s.q.shape[:3], s.v.shape[-1])
+    return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, norm=norm,
+                        lag_decay=lag_decay, offset=offset)
+
+
+def surprise(rule, s, point, index, gamma, outer):
+    """``Σ_r γ_r ∇_W ℓ(point; k_i, v_i)`` over the stream positions ``index`` by autograd, with the layer inputs
+    of the first of them (DGD's ``x_t``)."""
+    with torch.enable_grad():
+        params = [w if w.requires_grad else w.detach().requires_grad_() for w in point]
+        pred, cache = forward(rule, s.k[:, :, index], s.k_raw[:, :, index], explicit(params))
+        per_token = loss(rule.objective, pred, s.v[:, :, index], p=rule.p, eps=rule.eps,
+                         **s.token_kwargs(index))
+        if gamma is not None:
+            per_token = per_token * gamma
+        grads = torch.autograd.grad(per_token.sum(), params, create_graph=outer)
+    inputs = [x[:, :, :1] for x in cache["inputs"]]
+    if not outer:
+        inputs = [x.detach() for x in inputs]
+    return list(grads), inputs
+
+
+def learn(rule, weights, momentum, grads, inputs, lr, retain, mom):
+    """One step of the memory learning algorithm (gates ``[B, H, 1, G]``)."""
+    if rule.learner == "momentum":
+        momentum = [mom * m - lr * g for m, g in zip(momentum, grads)]
+        return [retain * w + m for w, m in zip(weights, momentum)], momentum
+    if rule.learner == "muon":
+        momentum = [mom * m - g for m, g in zip(momentum, grads)]
+        return [retain * w + lr * newton_schulz(m, rule.ns_steps) for w, m in zip(weights, momentum)], momentum
+    if rule.learner == "dgd":
+        return [retain * w - lr * (x.transpose(-1, -2) @ (x @ w) + g)
+                for w, g, x in zip(weights, grads, inputs)], momentum
+    return [retain * w - lr * g for w, g in zip(weights, grads)], momentum

@@ -1,0 +1,166 @@
+"""A memory rule: the Miras choices (SPEC §2.1, §10.1) as one immutable value.
+
+A rule names the memory architecture, the attentional bias (inner objective), the retention gate and the memory
+learning algorithm, plus the chunk size of the inner update (the memory's level / update frequency, NL §7).
+Data-dependent quantities (learning rate, decay, momentum, Huber threshold, Omega window gates, feature-map
+coefficients) are not part of the rule: they are tensors passed to :func:`nestedmemory.memory.memorize`, so the
+outer loop can learn them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .state import MemoryState
+
+MEMORIES = ("linear", "mlp")
+ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
+FEATURE_MAPS = (None, "poly")
+OBJECTIVES = ("dot", "l2", "lp", "huber", "robust")
+RETENTIONS = ("none", "decay", "lq", "kl", "elastic")
+LEARNERS = ("gd", "momentum", "omega", "muon", "dgd")
+#: retentions whose non-linear map is applied once per chunk, on its first ("lag") token (Miras Eq. 30-32).
+LAG_RETENTIONS = ("lq", "kl", "elastic")
+
+
+def _choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"MemoryRule.{name}={value!r} is not supported; choose one of {list(options)}")
+
+
+@dataclass(frozen=True)
+class MemoryRule:
+    """One associative-memory rule (Miras' four choices + level).
+
+    Architecture (``memory``): ``"linear"`` is a matrix ``M(x) = x @ W``; ``"mlp"`` is
+    ``M(x) = [x +] [LN](act(... act(x @ W1) ...) @ WL)`` with ``depth`` weight matrices, hidden width
+    ``expansion * D``, no biases (Titans §3.1, Miras §5.3, Atlas Eq. 42); ``gated=True`` is Atlas++ Eq. 43,
+    ``M(x) = x + (act(x @ W1) * (x @ W3)) @ W2`` (depth 2). ``feature_map="poly"`` feeds
+    ``φ_p(x) = concat_i sqrt(a_i) x^{⊗i}`` (Atlas Eq. 5/22) to the first layer; the residual uses the raw input.
+
+    Attentional bias (``objective``), with ``e = M(k) − v`` (SPEC §4.2):
+    ``dot``: ``−⟨M(k), v⟩``; ``l2``: ``½‖e‖²``; ``lp``: ``Σ_j (e_j² + ε)^{p/2}`` (smoothed ``‖e‖_p^p``);
+    ``huber``: Yaad's mixture, ``½‖e‖²`` if ``‖e‖₂ ≤ δ_t`` else ``δ_t Σ_j sqrt(e_j² + ε)``;
+    ``robust``: ``½‖e‖² + Δ_t sqrt(‖e‖² + ε)`` (value-shift robust, Miras Eq. 17).
+
+    Retention: ``none``; ``decay`` (``W ← (1 − α_t) W``, Titans' forget gate); ``lq`` (Moneta: accumulator
+    ``A``, memory ``W = A / ‖A‖_q^{q−2}``); ``kl`` (Memora: ``W ← softmax((1 − α_t) log W − θ_t ∇ℓ)`` over the
+    output axis); ``elastic`` (``W ← S_γ((1 − α_t) W − θ_t ∇ℓ)``, Miras Eq. 22). The non-linear maps of ``lq``,
+    ``kl`` and ``elastic`` are applied on the first token of every chunk (Memora's lag token); see
+    ``docs/decisions.md``.
+
+    Learner: ``gd`` (``W_t = (1−α_t)W_{t−1} − θ_t u_t``), ``momentum`` (Titans Eq. 13-14:
+    ``S_t = η_t S_{t−1} − θ_t u_t``, ``W_t = (1−α_t)W_{t−1} + S_t``), ``omega`` (= ``gd``; named for the
+    Omega rule, set ``window``), ``muon`` (Atlas Eq. 32-33, descent form: ``S_t = η_t S_{t−1} − u_t``,
+    ``W_t = (1−α_t)W_{t−1} + θ_t NS_k(S_t)``), ``dgd`` (Hope Eq. 88 in row form:
+    ``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} − θ_t u_t``, ``x_t`` the layer's input). The surprise
+    ``u_t = Σ_{r<c} γ_{t,r} ∇ℓ(A; k_{t−r}, v_{t−r})`` (Omega window ``c``, Atlas Eq. 9) is taken at ``A``, the
+    memory at the end of the previous chunk, for every token of a chunk (SPEC §2.2).
+    """
+
+    memory: str = "linear"
+    depth: int = 2
+    expansion: int = 2
+    activation: str = "gelu"
+    residual: bool = True
+    layernorm: bool = False
+    gated: bool = False
+    feature_map: str | None = None
+    degree: int = 2
+    objective: str = "l2"
+    p: float = 3.0
+    eps: float = 1e-6
+    retention: str = "decay"
+    q: float = 4.0
+    shrink: float = 0.0
+    learner: str = "gd"
+    window: int = 1
+    ns_steps: int = 5
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        _choice("memory", self.memory, MEMORIES)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("feature_map", self.feature_map, FEATURE_MAPS)
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("retention", self.retention, RETENTIONS)
+        _choice("learner", self.learner, LEARNERS)
+        for name in ("depth", "expansion", "chunk_size", "window", "degree"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MemoryRule.{name} must be an integer >= 1, got {value!r}")
+        if self.memory == "mlp" and self.depth > 4:
+            raise ValueError(f"MemoryRule.depth must be in 1..4 for memory='mlp', got {self.depth}")
+        if self.gated and (self.memory != "mlp" or self.depth != 2):
+            raise ValueError("MemoryRule.gated (Atlas++) needs memory='mlp' and depth=2")
+        if self.layernorm and self.memory != "mlp":
+            raise ValueError("MemoryRule.layernorm needs memory='mlp'")
+        if not (isinstance(self.ns_steps, int) and self.ns_steps >= 1):
+            raise ValueError(f"MemoryRule.ns_steps must be an integer >= 1, got {self.ns_steps!r}")
+        if not self.p >= 1:
+            raise ValueError(f"MemoryRule.p must be >= 1 (ℓ_p attentional bias), got {self.p!r}")
+        if not self.q >= 1:
+            raise ValueError(f"MemoryRule.q must be >= 1 (L_q retention), got {self.q!r}")
+        if not self.eps > 0:
+            raise ValueError(f"MemoryRule.eps must be > 0, got {self.eps!r}")
+        if not self.shrink >= 0:
+            raise ValueError(f"MemoryRule.shrink must be >= 0, got {self.shrink!r}")
+        if self.retention in LAG_RETENTIONS:
+            if self.learner not in ("gd", "omega"):
+                raise ValueError(f"MemoryRule.retention={self.retention!r} (Miras) needs learner='gd', "
+                                 f"got learner={self.learner!r}")
+            if self.window != 1:
+                raise ValueError(f"MemoryRule.window must be 1 with retention={self.retention!r}")
+        if self.learner == "dgd" and self.window != 1:
+            raise ValueError("MemoryRule.window must be 1 with learner='dgd'")
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def uses_momentum(self) -> bool:
+        return self.learner in ("momentum", "muon")
+
+    @property
+    def is_lag(self) -> bool:
+        return self.retention in LAG_RETENTIONS
+
+    def feature_dim(self, key_dim: int) -> int:
+        """Input width of the first memory layer: ``key_dim`` or ``Σ_{i≤p} key_dim^i`` for ``φ_p``."""
+        if self.feature_map == "poly":
+            return sum(key_dim ** i for i in range(self.degree + 1))
+        return key_dim
+
+    def weight_shapes(self, key_dim: int, value_dim: int | None = None) -> list[tuple[int, int]]:
+        """``(in, out)`` of every memory weight matrix, in ``state.weights`` order."""
+        value_dim = key_dim if value_dim is None else value_dim
+        d_in = self.feature_dim(key_dim)
+        if self.memory == "linear":
+            return [(d_in, value_dim)]
+        if self.residual and key_dim != value_dim:
+            raise ValueError(f"a residual MLP memory needs key dim == value dim, got {key_dim} and {value_dim}")
+        hidden = self.expansion * value_dim
+        if self.depth == 1:
+            return [(d_in, value_dim)]
+        if self.gated:
+            return [(d_in, hidden), (hidden, value_dim), (d_in, hidden)]
+        return [(d_in, hidden)] + [(hidden, hidden)] * (self.depth - 2) + [(hidden, value_dim)]
+
+    def init_state(self, batch: int, heads: int, head_dim: int, value_dim: int | None = None, *,
+                   dtype: torch.dtype = torch.float32, device=None,
+                   generator: torch.Generator | None = None) -> MemoryState:
+        """A fresh state: zeros for the matrix memory, ``N(0, 1/in)`` for MLP layers, the uniform distribution
+        for ``kl`` (Memora), zero momentum."""
+        weights = []
+        for d_in, d_out in self.weight_shapes(head_dim, value_dim):
+            shape = (batch, heads, d_in, d_out)
+            if self.retention == "kl":
+                w = torch.full(shape, 1.0 / d_out, dtype=dtype, device=device)
+            elif self.memory == "linear":
+                w = torch.zeros(shape, dtype=dtype, device=device)
+            else:
+                w = torch.randn(shape, dtype=dtype, device=device, generator=generator) / math.sqrt(d_in)
+            weights.append(w)
+        momentum = [torch.zeros_like(w) for w in weights] if self.uses_momentum else None
+        return MemoryState(weights=weights, momentum=momentum)

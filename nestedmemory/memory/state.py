@@ -1,0 +1,41 @@
+"""The recurrent state of an associative memory, enough to resume anywhere inside a chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass
+class MemoryState:
+    """State after ``t`` tokens of one memory layer (all tensors ``[B, H, ...]``).
+
+    ``weights``: the memory as it is read, ``W_t`` (one ``[B, H, in, out]`` matrix per layer). For ``lq``
+    (Moneta) at a chunk boundary it holds the accumulator ``A`` (the memory is then ``A / ‖A‖_q^{q−2}``).
+    ``momentum``: ``S_t`` for ``momentum``/``muon`` learners. ``offset``: tokens already taken in the current
+    chunk; when it is not 0, ``anchor`` holds the gradient point of that chunk (the memory at its start, or
+    after its lag token), ``norm`` Moneta's ``‖A_lag‖_q^{q−2}`` per matrix and ``lag_decay`` Memora's decay
+    product since the lag token. ``halo`` holds the last ``window − 1`` ``(k, v, threshold, shift)`` tokens
+    ``[B, w, H, ...]`` for the Omega rule.
+    """
+
+    weights: list[torch.Tensor]
+    momentum: list[torch.Tensor] | None = None
+    offset: int = 0
+    anchor: list[torch.Tensor] | None = None
+    norm: list[torch.Tensor] | None = None
+    lag_decay: torch.Tensor | None = None
+    halo: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def detach(self) -> "MemoryState":
+        """The same state with every tensor detached (for truncated backpropagation through time)."""
+        def d(x):
+            if x is None:
+                return None
+            if isinstance(x, list):
+                return [t.detach() for t in x]
+            return x.detach()
+        return replace(self, weights=d(self.weights), momentum=d(self.momentum), anchor=d(self.anchor),
+                       norm=d(self.norm), lag_decay=d(self.lag_decay),
+                       halo={k: v.detach() for k, v in self.halo.items()})
