@@ -63,7 +63,8 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
                              shift=shift, window_gates=window_gates, feature_coeffs=feature_coeffs,
                              initial_state=initial_state)
     run = recurrent.run if mode == "recurrent" else chunked.run
-    out, state = run(rule, stream, state)
+    with torch.autocast(device_type=q.device.type, enabled=False):  # memory math stays in >= fp32
+        out, state = run(rule, stream, state)
     out = out.transpose(1, 2).to(q.dtype)
     if not output_final_state:
         return out, None

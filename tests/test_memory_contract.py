@@ -1,0 +1,154 @@
+"""The contract of ``memorize``: causality, decoding / resuming a state, argument checks, numerics."""
+
+import pytest
+import torch
+
+from nestedmemory.cli import relative_error
+from nestedmemory.memory import MemoryRule, MemoryState, memorize, newton_schulz
+from nestedmemory.memory.catalog import all_rules, random_inputs
+
+B, H, D = 2, 2, 4
+RULES = list(all_rules(chunk_size=4))
+MORE = [MemoryRule(memory="linear", learner="omega", window=3, chunk_size=4),
+        MemoryRule(memory="mlp", learner="muon", window=2, chunk_size=3),
+        MemoryRule(memory="mlp", gated=True, feature_map="poly", learner="momentum", chunk_size=3)]
+
+
+def rid(rule):
+    return f"{rule.memory}-{rule.objective}-{rule.retention}-{rule.learner}-w{rule.window}"
+
+
+@pytest.mark.parametrize("mode", ["chunked", "recurrent"])
+@pytest.mark.parametrize("rule", RULES + MORE, ids=rid)
+def test_causality(rule, mode):
+    """Changing tokens (q, k, v and every gate) after t never changes the outputs at or before t."""
+    length, t = 9, 5
+    g = torch.Generator().manual_seed(0)
+    q, k, v, gates = random_inputs(rule, B, length, H, D, generator=g)
+    q2, k2, v2, gates2 = random_inputs(rule, B, length, H, D, generator=g)
+
+    def splice(a, b):
+        return torch.cat([a[:, :t + 1], b[:, t + 1:]], dim=1)
+
+    state = rule.init_state(B, H, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out, _ = memorize(q, k, v, rule, initial_state=state, mode=mode, **gates)
+    other, _ = memorize(splice(q, q2), splice(k, k2), splice(v, v2), rule, initial_state=state, mode=mode,
+                        **{n: splice(gates[n], gates2[n]) for n in gates})
+    assert torch.equal(out[:, :t + 1], other[:, :t + 1])
+    assert not torch.allclose(out[:, t + 1:], other[:, t + 1:])
+
+
+@pytest.mark.parametrize("rule", RULES[::3] + MORE, ids=rid)
+def test_decoding_equals_the_full_pass(rule):
+    """Prefill (chunked), then one token at a time (recurrent), then a chunked call from mid-chunk: the same
+    outputs and final state as one full pass."""
+    length, prefill = 14, 5
+    q, k, v, gates = random_inputs(rule, B, length, H, D, generator=torch.Generator().manual_seed(0))
+    state = rule.init_state(B, H, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    full, full_state = memorize(q, k, v, rule, initial_state=state, output_final_state=True, **gates)
+
+    def part(a, b, x):
+        return x[:, a:b]
+
+    pieces, s = [], state
+    cuts = [(0, prefill, "chunked")] + [(t, t + 1, "recurrent") for t in range(prefill, 10)] + [(10, length, "chunked")]
+    for a, b, mode in cuts:
+        out, s = memorize(part(a, b, q), part(a, b, k), part(a, b, v), rule, initial_state=s,
+                          output_final_state=True, mode=mode, **{n: part(a, b, x) for n, x in gates.items()})
+        pieces.append(out)
+    assert relative_error(full, torch.cat(pieces, 1)) < 1e-12
+    assert s.offset == full_state.offset == length % rule.chunk_size
+    for a, b in zip(full_state.weights, s.weights):
+        assert relative_error(a, b) < 1e-12
+
+
+def test_state_detach_and_empty_input():
+    rule = MemoryRule(memory="mlp", learner="momentum", chunk_size=4)
+    q, k, v, gates = random_inputs(rule, B, 6, H, D, requires_grad=True)
+    _, state = memorize(q, k, v, rule, output_final_state=True, **gates)
+    assert state.weights[0].requires_grad and not state.detach().weights[0].requires_grad
+    out, same = memorize(q[:, :0], k[:, :0], v[:, :0], rule, initial_state=state, output_final_state=True,
+                         **{n: x[:, :0] for n, x in gates.items()})
+    assert out.shape == (B, 0, H, D) and same.offset == state.offset
+
+
+def test_initial_state_shared_across_the_batch():
+    """A learnable initial state ``[H, in, out]`` (an ``nn.Parameter``) broadcasts over the batch."""
+    rule = MemoryRule(memory="mlp", learner="momentum", chunk_size=3)
+    q, k, v, gates = random_inputs(rule, B, 7, H, D)
+    shared = [torch.nn.Parameter(torch.randn(H, i, o, dtype=torch.float64)) for i, o in rule.weight_shapes(D)]
+    out, _ = memorize(q, k, v, rule, initial_state=MemoryState(weights=shared), **gates)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+TITANS = MemoryRule(memory="linear", learner="momentum", chunk_size=4)
+
+
+def call(**changes):
+    q, k, v, gates = random_inputs(TITANS, B, 6, H, D)
+    args = dict(q=q, k=k, v=v, rule=TITANS, **gates)
+    args.update(changes)
+    return memorize(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("rule"), **args)
+
+
+@pytest.mark.parametrize("make,error,words", [
+    (lambda: MemoryRule(objective="lp", p=0.5), ValueError, "p must be >= 1"),
+    (lambda: MemoryRule(window=0), ValueError, "window"),
+    (lambda: MemoryRule(chunk_size=0), ValueError, "chunk_size"),
+    (lambda: MemoryRule(memory="mlp", depth=5), ValueError, "depth"),
+    (lambda: MemoryRule(learner="adam"), ValueError, "learner='adam'"),
+    (lambda: MemoryRule(objective="cosine"), ValueError, "objective='cosine'"),
+    (lambda: MemoryRule(retention="kl", learner="momentum"), ValueError, "retention='kl'"),
+    (lambda: MemoryRule(retention="lq", q=0.5), ValueError, "q must be >= 1"),
+    (lambda: call(k=torch.randn(B, 6, H, D + 1, dtype=torch.float64)), ValueError, "q and k"),
+    (lambda: call(v=torch.randn(B, 5, H, D, dtype=torch.float64)), ValueError, "v must be"),
+    (lambda: call(q=torch.randn(B, 6, H, dtype=torch.float64)), ValueError, "q must be [batch, seq, heads, dim]"),
+    (lambda: call(q=torch.randn(B, 6, H, D, dtype=torch.float32)), TypeError, "share a dtype"),
+    (lambda: call(lr=torch.rand(B, 6, H + 1, dtype=torch.float64)), ValueError, "lr must have shape"),
+    (lambda: call(lr=torch.rand(B, 6, H, dtype=torch.float32)), TypeError, "lr has dtype"),
+    (lambda: call(lr=None), ValueError, "lr"),
+    (lambda: call(momentum=None), ValueError, "momentum"),
+    (lambda: call(threshold=torch.rand(B, 6, H, dtype=torch.float64)), ValueError, "threshold"),
+    (lambda: call(window_gates=torch.rand(B, 6, H, 2, dtype=torch.float64)), ValueError, "window_gates"),
+    (lambda: call(mode="fast"), ValueError, "mode='fast'"),
+    (lambda: call(rule="titans"), TypeError, "rule must be a MemoryRule"),
+    (lambda: call(initial_state=MemoryState(weights=[torch.zeros(B, H, D + 1, D)])), ValueError,
+     "initial_state.weights[0]"),
+    (lambda: call(rule=MemoryRule(memory="mlp", learner="momentum"),
+                  decay=torch.rand(B, 6, H, D, dtype=torch.float64)), ValueError, "channel-wise decay"),
+    (lambda: call(rule=MemoryRule(memory="linear", learner="momentum", feature_map="poly"),
+                  feature_coeffs=-torch.ones(3)), ValueError, "feature_coeffs"),
+])
+def test_bad_input_names_the_problem(make, error, words):
+    with pytest.raises(error) as info:
+        make()
+    assert words in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ numerics
+def test_low_precision_inputs_keep_an_fp32_state():
+    rule = MemoryRule(memory="mlp", learner="momentum", chunk_size=4)
+    q, k, v, gates = random_inputs(rule, B, 8, H, D, dtype=torch.bfloat16)
+    out, state = memorize(q, k, v, rule, output_final_state=True, **gates)
+    assert out.dtype == torch.bfloat16
+    assert all(w.dtype == torch.float32 for w in state.weights + state.momentum)
+
+
+def test_autocast_does_not_lower_the_memory_precision():
+    rule = MemoryRule(memory="mlp", learner="muon", chunk_size=4)
+    q, k, v, gates = random_inputs(rule, B, 8, H, D, dtype=torch.float32)
+    state = rule.init_state(B, H, D, generator=torch.Generator().manual_seed(0))
+    plain, _ = memorize(q, k, v, rule, initial_state=state, **gates)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto, _ = memorize(q, k, v, rule, initial_state=state, **gates)
+    assert auto.dtype == torch.float32 and torch.equal(plain, auto)
+
+
+def test_newton_schulz_orthogonalises_in_fp32():
+    s = torch.randn(3, 16, 8, dtype=torch.bfloat16)
+    o = newton_schulz(s, 5)
+    assert o.dtype == torch.bfloat16
+    singular = torch.linalg.svdvals(o.float())
+    assert singular.min() > 0.6 and singular.max() < 1.25

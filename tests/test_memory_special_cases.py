@@ -1,0 +1,161 @@
+"""The special cases of SPEC §10.1, each against an independent reference written here."""
+
+import torch
+from torch.func import grad
+
+from nestedmemory.cli import relative_error
+from nestedmemory.memory import MemoryRule, memorize
+from nestedmemory.memory.nets import activation
+
+B, T, H, D = 2, 9, 2, 4
+DT = torch.float64
+
+
+def unit(*shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(*shape, dtype=DT, generator=g), dim=-1)
+
+
+def uniform(lo, hi, seed, *shape):
+    g = torch.Generator().manual_seed(seed)
+    return lo + (hi - lo) * torch.rand(*(shape or (B, T, H)), dtype=DT, generator=g)
+
+
+q, k, v = unit(B, T, H, D, seed=1), unit(B, T, H, D, seed=2), unit(B, T, H, D, seed=3)
+
+
+def loop(update, w0, read=lambda w, qt: qt @ w):
+    """Reference recurrence over ``[B, H]`` matrices ``w`` (row convention, ``o_t = q_t W_t``)."""
+    w, outs = w0.clone(), []
+    for t in range(T):
+        w = update(w, t)
+        outs.append(read(w, q[:, t].unsqueeze(-2)).squeeze(-2))
+    return torch.stack(outs, 1), w
+
+
+def row(x, t):
+    return x[:, t].unsqueeze(-2)            # [B, H, 1, D]
+
+
+def col(x, t):
+    return x[:, t].unsqueeze(-1)            # [B, H, D, 1]
+
+
+def gate(x, t):
+    return x[:, t][..., None, None]         # [B, H, 1, 1]
+
+
+def test_dot_matrix_no_decay_is_linear_attention():
+    rule = MemoryRule(memory="linear", objective="dot", retention="none", learner="gd", chunk_size=4)
+    out, _ = memorize(q, k, v, rule, lr=1.0)
+    scores = torch.einsum("bthd,bshd->bhts", q, k).tril()
+    reference = torch.einsum("bhts,bshd->bthd", scores, v)
+    assert relative_error(reference, out) < 1e-12
+
+
+def test_titans_linear_without_momentum_at_chunk_1_is_gated_deltanet():
+    """Gated DeltaNet ``S_t = a_t (I − b_t k kᵀ) S_{t−1} + b_t kᵀ v`` equals Titans' ``(1−α) W − θ kᵀ(k W − v)``
+    with ``α = 1 − a``, ``θ = a b`` and values ``v / a`` (Titans App. C)."""
+    a, b = uniform(0.8, 1.0, 4), uniform(0.1, 0.9, 5)
+    ref, ref_state = loop(lambda s, t: gate(a, t) * (s - gate(b, t) * col(k, t) @ (row(k, t) @ s))
+                          + gate(b, t) * col(k, t) @ row(v, t), torch.zeros(B, H, D, D, dtype=DT))
+    rule = MemoryRule(memory="linear", objective="l2", retention="decay", learner="gd", chunk_size=1)
+    out, state = memorize(q, k, v / a.unsqueeze(-1), rule, lr=a * b, decay=1 - a, output_final_state=True)
+    assert relative_error(ref, out) < 1e-12
+    assert relative_error(ref_state, state.weights[0]) < 1e-12
+
+
+def test_omega_with_window_1_is_the_delta_rule():
+    beta = uniform(0.1, 0.9, 6)
+    ref, _ = loop(lambda s, t: s - gate(beta, t) * col(k, t) @ (row(k, t) @ s - row(v, t)),
+                  torch.zeros(B, H, D, D, dtype=DT))
+    rule = MemoryRule(memory="linear", objective="l2", retention="none", learner="omega", window=1, chunk_size=1)
+    out, _ = memorize(q, k, v, rule, lr=beta)
+    assert relative_error(ref, out) < 1e-12
+
+
+def test_omega_window_matches_the_sliding_window_objective():
+    """Atlas Eq. 11: ``W_t = W − θ_t Σ_{i=t−c+1}^{t} γ_{t,t−i} k_iᵀ (k_i W − v_i)``."""
+    c, theta = 3, uniform(0.1, 0.5, 7)
+    gamma = uniform(0.0, 1.0, 8, B, T, H, c)
+
+    def update(s, t):
+        surprise = sum(gamma[:, t, :, r][..., None, None] * col(k, t - r) @ (row(k, t - r) @ s - row(v, t - r))
+                       for r in range(c) if t - r >= 0)
+        return s - gate(theta, t) * surprise
+
+    w0 = unit(B, H, D, D, seed=9)
+    ref, _ = loop(update, w0)
+    rule = MemoryRule(memory="linear", retention="none", learner="omega", window=c, chunk_size=1)
+    out, _ = memorize(q, k, v, rule, lr=theta, window_gates=gamma, initial_state=rule_state(rule, w0))
+    assert relative_error(ref, out) < 1e-12
+
+
+def rule_state(rule, *weights):
+    state = rule.init_state(B, H, D, dtype=DT)
+    state.weights = list(weights)
+    return state
+
+
+def test_moneta_with_p_2_q_2_is_decayed_l2_gd():
+    """``ℓ_2`` with p = 2 has gradient ``2 e``; with q = 2 the L_q map is the identity (online rule, chunk 1)."""
+    lr, decay = uniform(0.0, 0.1, 10), uniform(0.0, 0.2, 11)
+    for memory in ("linear", "mlp"):
+        moneta = MemoryRule(memory=memory, objective="lp", p=2, retention="lq", q=2, learner="gd", chunk_size=1)
+        titans = MemoryRule(memory=memory, objective="l2", retention="decay", learner="gd", chunk_size=1)
+        state = moneta.init_state(B, H, D, dtype=DT, generator=torch.Generator().manual_seed(0))
+        state.weights = [w + 0.1 for w in state.weights]
+        a, _ = memorize(q, k, v, moneta, lr=lr, decay=decay, initial_state=state)
+        b, _ = memorize(q, k, v, titans, lr=2 * lr, decay=decay, initial_state=state)
+        assert relative_error(b, a) < 1e-12
+
+
+def test_memora_with_no_decay_and_no_lr_is_the_identity():
+    rule = MemoryRule(memory="mlp", retention="kl", learner="gd", chunk_size=4)
+    g = torch.Generator().manual_seed(0)
+    w = [torch.softmax(torch.randn(B, H, i, o, dtype=DT, generator=g), -1) for i, o in rule.weight_shapes(D)]
+    out, state = memorize(q, k, v, rule, lr=0.0, decay=0.0, initial_state=rule_state(rule, *w),
+                          output_final_state=True)
+    fixed, _ = memorize(q, k, v, MemoryRule(memory="mlp", retention="none", chunk_size=4), lr=0.0,
+                        initial_state=rule_state(rule, *w))
+    assert relative_error(fixed, out) < 1e-12
+    for before, after in zip(w, state.weights):
+        assert relative_error(before, after) < 1e-12
+
+
+def ttt_reference(f, w0, lr, chunk):
+    """TTT's mini-batch GD (Sun et al. 2024): within a mini-batch every gradient is taken at its start,
+    ``W_t = W_{t−1} − θ_t ∇_W ½‖f(k_t; W_{t'}) − v_t‖²`` and ``o_t = f(q_t; W_t)``; per (batch, head)."""
+    def loss(w, kt, vt):
+        return 0.5 * ((f(w, kt) - vt) ** 2).sum()
+
+    outs = torch.zeros_like(v)
+    for b in range(B):
+        for h in range(H):
+            w = [x[b, h] for x in w0]
+            for t in range(T):
+                if t % chunk == 0:
+                    anchor = w
+                g = grad(loss)(anchor, k[b, t, h], v[b, t, h])
+                w = [wi - lr[b, t, h] * gi for wi, gi in zip(w, g)]
+                outs[b, t, h] = f(w, q[b, t, h])
+    return outs
+
+
+def test_ttt_linear_and_ttt_mlp_are_rule_instances():
+    lr = uniform(0.0, 0.3, 12)
+    linear = MemoryRule(memory="linear", objective="l2", retention="none", learner="gd", chunk_size=4)
+    w0 = [unit(B, H, D, D, seed=13)]
+    out, _ = memorize(q, k, v, linear, lr=lr, initial_state=rule_state(linear, *w0))
+    assert relative_error(ttt_reference(lambda w, x: x @ w[0], w0, lr, 4), out) < 1e-10
+
+    mlp = MemoryRule(memory="mlp", depth=2, expansion=4, layernorm=True, residual=True, objective="l2",
+                     retention="none", learner="gd", chunk_size=4)
+    w0 = [0.5 * unit(B, H, i, o, seed=14 + i) for i, o in mlp.weight_shapes(D)]
+
+    def ttt_mlp(w, x):
+        z = activation("gelu", x @ w[0]) @ w[1]
+        return x + torch.nn.functional.layer_norm(z, z.shape[-1:], eps=1e-5)
+
+    out, _ = memorize(q, k, v, mlp, lr=lr, initial_state=rule_state(mlp, *w0))
+    assert relative_error(ttt_reference(ttt_mlp, w0, lr, 4), out) < 1e-10
