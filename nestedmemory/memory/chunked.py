@@ -57,8 +57,11 @@ def run(rule, s, state):
     gamma = _window(rule, s, off, c, n_chunks)
     active = grid(torch.ones_like(s.lr[..., :1]))
     coef = _coefficients(rule, lr * keep, 1 - (1 - retain) * keep, grid(s.momentum, 1.0), gamma, active)
-    writes = _write_tokens(rule, s, off, c, n_chunks, grid)
-    q, q_raw = grid(s.q), grid(s.q_raw)
+    # one unbind per tensor: indexing chunk n out of the whole grid would make the backward quadratic in T
+    chunks = lambda x: x.unbind(2)  # noqa: E731
+    writes = {name: chunks(x) for name, x in _write_tokens(rule, s, off, c, n_chunks, grid).items()}
+    coef = {name: chunks(x) for name, x in coef.items()}
+    q, q_raw, lr, retain = chunks(grid(s.q)), chunks(grid(s.q_raw)), chunks(lr), chunks(retain)
 
     weights, momentum = list(state.weights), state.momentum
     anchor, norm, lag_decay = state.anchor, state.norm, state.lag_decay
@@ -66,18 +69,18 @@ def run(rule, s, state):
     for n in range(n_chunks):
         if lag[n]:
             point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
-            first = {name: x[:, :, n, :1] for name, x in writes.items()}
+            first = {name: x[n][:, :, :1] for name, x in writes.items()}
             grads = [x.transpose(-1, -2) @ d for x, d in _factors(rule, point, first)]
-            weights, norm = lag_step(rule.retention, weights, grads, retain[:, :, n, :1], lr[:, :, n, :1],
+            weights, norm = lag_step(rule.retention, weights, grads, retain[n][:, :, :1], lr[n][:, :, :1],
                                      q=rule.q, eps=rule.eps, shrink=rule.shrink)
             anchor, lag_decay = weights, 1.0
         elif not (n == 0 and off > 0):
             anchor = weights
-        factors = _factors(rule, anchor, {name: x[:, :, n] for name, x in writes.items()})
+        factors = _factors(rule, anchor, {name: x[n] for name, x in writes.items()})
         if norm is not None:
             factors = [(x, d / nu) for (x, d), nu in zip(factors, norm)]
-        chunk_coef = {name: x[:, :, n] for name, x in coef.items()}
-        out, weights, momentum = _SEGMENTS[rule.learner](rule, q[:, :, n], q_raw[:, :, n], weights, momentum,
+        chunk_coef = {name: x[n] for name, x in coef.items()}
+        out, weights, momentum = _SEGMENTS[rule.learner](rule, q[n], q_raw[n], weights, momentum,
                                                          factors, chunk_coef)
         outs.append(out)
         if lag_decay is not None:
