@@ -1,0 +1,113 @@
+"""Causal softmax attention: global, sliding-window (SWA) and with persistent tokens, exact, on SDPA.
+
+Softmax attention is the non-parametric (Nadaraya–Watson) solution of ``min_M Σ_i s(k_i, q)‖v_i − M‖²`` (ATLAS Eq. 17),
+restricted to the last ``w`` tokens for SWA (ATLAS Eq. 18). Persistent memory (Titans §3.3, Eq. 19) prepends ``N_p``
+learnable tokens ``[p_1 … p_Np] || x``; since they are input-independent, only their keys and values matter, so they are
+held directly as learnable per-layer ``K_p, V_p`` ``[N_p, kv_heads, head_dim]``: every query attends to them, they carry
+no RoPE and never leave the window (the "attention sink" of MAG / MAL, Titans §4.2-4.3, SPEC §3.4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import LayerStates
+from .rope import apply_rope
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention with RoPE, optional grouped-query heads, sliding window and persistent tokens.
+
+    ``window=w``: each query sees itself and the ``w − 1`` previous positions (plus the persistent tokens); the decoding
+    cache then keeps only the last ``w − 1`` keys/values. ``num_kv_heads`` (GQA): query head ``h`` reads key/value head
+    ``h // (num_heads / num_kv_heads)``, as in Llama.
+
+    RoPE positions count real tokens only (``cumsum(attention_mask) − 1``, continued across cached calls), so a
+    left-padded sequence gets the same positions, hence the same outputs, as when run alone. Padding queries
+    output zeros; no real query attends to a padding key.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, num_kv_heads: int | None = None,
+                 window: int | None = None, persistent_tokens: int = 0, rope_theta: float = 10000.0,
+                 layer_idx: int = 0):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads < 1:
+            raise ValueError(f"Attention.num_heads must be >= 1, got {num_heads}")
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"Attention.num_heads={num_heads} must divide dim={dim} when head_dim is not given")
+            head_dim = dim // num_heads
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"Attention.head_dim must be even (RoPE rotates channel pairs), got {head_dim}")
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"Attention.num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
+        if window is not None and window < 1:
+            raise ValueError(f"Attention.window must be None or an integer >= 1, got {window}")
+        if persistent_tokens < 0:
+            raise ValueError(f"Attention.persistent_tokens must be >= 0, got {persistent_tokens}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.window, self.rope_theta, self.layer_idx = window, rope_theta, layer_idx
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
+        self.persistent_k = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
+        self.persistent_v = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        """``hidden_states`` ``[B, T, dim]`` → ``(out [B, T, dim], None, past_key_values)``.
+
+        ``attention_mask`` ``[B, T_total]`` (1 = token, 0 = left padding): only its last ``T`` columns are read, the
+        validity of cached positions is kept in the cache. The cache entry (``past_key_values[layer_idx]``) holds
+        ``k``, ``v`` ``[B, L, kv_heads, head_dim]`` (RoPE applied; all positions, or the last ``window − 1``),
+        ``valid`` ``[B, L]`` (bool) and ``position`` ``[B]`` (real tokens seen so far).
+        """
+        b, t, _ = hidden_states.shape
+        state = past_key_values[self.layer_idx] if past_key_values is not None else None
+        valid = (torch.ones(b, t, dtype=torch.bool, device=hidden_states.device) if attention_mask is None
+                 else attention_mask[:, -t:].bool())
+        start = state["position"] if state is not None else torch.zeros(b, dtype=torch.long, device=valid.device)
+        positions = (start[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
+
+        q = apply_rope(self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim), positions, self.rope_theta)
+        k = apply_rope(self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim), positions,
+                       self.rope_theta)
+        v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        if state is not None:
+            k, v, valid = (torch.cat((state[n], x), 1) for n, x in (("k", k), ("v", v), ("valid", valid)))
+
+        if use_cache:
+            keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])
+            past_key_values = LayerStates() if past_key_values is None else past_key_values
+            past_key_values.update(self.layer_idx, {
+                "k": k[:, k.shape[1] - keep:], "v": v[:, v.shape[1] - keep:], "valid": valid[:, valid.shape[1] - keep:],
+                "position": start + valid[:, -t:].sum(1)})
+
+        out = self._attend(q, k, v, valid, plain=attention_mask is None and state is None)
+        out = out * valid[:, -t:, None, None].to(out.dtype)
+        return self.o_proj(out.reshape(b, t, -1)), None, past_key_values
+
+    def _attend(self, q, k, v, valid, plain):
+        """SDPA of ``q`` ``[B, T, H, D]`` over ``k, v`` ``[B, S, H_kv, D]`` (the queries are the last ``T`` of the
+        ``S`` positions), behind the persistent tokens. Query ``i`` sees key ``j`` iff ``j ≤ i``, ``i − j < window``
+        and ``j`` is a real token or ``j = i``: the diagonal keeps a padding query's row non-empty, so no NaN."""
+        b, t, s, n_p = q.shape[0], q.shape[1], k.shape[1], self.persistent_k.shape[0]
+        if n_p:
+            k = torch.cat((self.persistent_k.to(k.dtype).expand(b, -1, -1, -1), k), 1)
+            v = torch.cat((self.persistent_v.to(v.dtype).expand(b, -1, -1, -1), v), 1)
+        group = self.num_heads // self.num_kv_heads
+        q = q.transpose(1, 2)
+        k, v = (x.transpose(1, 2).repeat_interleave(group, 1) for x in (k, v))
+        if plain and self.window is None and n_p == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        i = torch.arange(s - t, s, device=q.device)[:, None]
+        j = torch.arange(s, device=q.device)
+        allowed = j <= i
+        if self.window is not None:
+            allowed = allowed & (i - j < self.window)
+        allowed = allowed & (valid[:, None, :] | (i == j))  # [B, T, S]
+        allowed = torch.cat((allowed.new_ones(b, t, n_p), allowed), -1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]).transpose(1, 2)

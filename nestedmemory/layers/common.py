@@ -1,0 +1,79 @@
+"""Small pieces shared by the token mixers: causal short convolution, RMSNorm, bounded gates (SPEC §2.3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class ShortConvolution(nn.Module):
+    """Depthwise causal 1-D convolution over time, kernel ``size`` (Titans §4.4, Miras §5.4: size 4).
+
+    ``forward(x [B, T, C], state)`` returns ``(y, new_state)``; ``state`` holds the last ``size − 1`` inputs, so
+    decoding token by token equals one pass over the whole sequence."""
+
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"conv size must be >= 1, got {size}")
+        self.size = size
+        self.weight = nn.Parameter(torch.empty(channels, size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        with torch.no_grad():  # start near the identity so early training sees the projections themselves
+            self.weight.mul_(0.1)
+            self.weight[:, -1] += 1.0
+
+    def forward(self, x, state=None):
+        b, _, c = x.shape
+        if state is None:
+            state = x.new_zeros(b, self.size - 1, c)
+        padded = torch.cat([state.to(x.dtype), x], dim=1)
+        y = F.conv1d(padded.transpose(1, 2), self.weight.unsqueeze(1).to(x.dtype), groups=c).transpose(1, 2)
+        return y, padded[:, padded.shape[1] - (self.size - 1):]
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * g`` over the last axis."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class Gate(nn.Module):
+    """A token-wise gate in ``(0, scale)``: ``scale · sigmoid(x W + b)``, per head (``[B, T, H]``) or channel-wise
+    through a low-rank projection ``x → R^r → R^{H·D}`` (Miras §4.5, RWKV-7 style). ``init`` is the value at
+    initialisation (the projection starts at zero, so every token gets exactly ``init``)."""
+
+    def __init__(self, dim: int, heads: int, *, init: float, scale: float = 1.0, channels: int | None = None,
+                 rank: int = 32):
+        super().__init__()
+        if not 0 < init < scale:
+            raise ValueError(f"gate init must lie in (0, {scale}), got {init}")
+        self.heads, self.channels, self.scale = heads, channels, scale
+        out = heads * (channels or 1)
+        self.proj = nn.Linear(dim, out) if channels is None else \
+            nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, out))
+        last = self.proj if channels is None else self.proj[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, logit(init / scale))
+
+    def forward(self, x):
+        g = self.scale * torch.sigmoid(self.proj(x))
+        if self.channels is None:
+            return g
+        return g.unflatten(-1, (self.heads, self.channels))

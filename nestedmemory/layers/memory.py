@@ -1,0 +1,152 @@
+"""The test-time-memory token mixer (SPEC §2.3, §10.3): one layer for Titans, Miras, ATLAS, TTT, DeltaNet, ...
+
+``x → q, k, v`` (linear, depthwise causal conv of size 4, SiLU, ℓ2-normalised q and k) ``→ memorize`` (the rule:
+memory, objective, retention, learner) ``→`` per-head RMSNorm ``⊙ SiLU(W_g x) → W_o``, with token-wise bounded gates
+(lr θ_t, decay α_t, momentum η_t, Yaad's threshold δ_t, the robust shift Δ_t, Omega window gates γ_t) and a
+learnable initial memory state (meta-learned "knowledge transfer via initialisation", NL §3.3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..memory import MemoryRule, MemoryState, memorize
+from ..memory.nets import default_poly_coeffs
+from .cache import LayerStates
+from .common import Gate, RMSNorm, ShortConvolution
+
+
+class MemoryMixer(nn.Module):
+    """A multi-head associative-memory layer running ``rule`` (one independent memory per head).
+
+    Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``: a chunk of
+    C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
+    (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9): with these the memory keeps
+    its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
+    rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
+    (Titans: SiLU on q, k and v)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
+                 conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,
+                 gate_rank: int = 32, lr_init: float | None = None, lr_max: float | None = None,
+                 decay_init: float = 0.001,
+                 momentum_init: float = 0.9, threshold_init: float = 1.0, shift_init: float = 0.1,
+                 layer_idx: int = 0):
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
+            head_dim = dim // num_heads
+        if num_heads < 1 or head_dim < 1:
+            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
+        if activation not in (None, "silu"):
+            raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+        self.rule, self.heads, self.head_dim, self.layer_idx = rule, num_heads, head_dim, layer_idx
+        self.activation = activation
+        inner = num_heads * head_dim
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner, bias=False) for _ in range(3))
+        self.convs = nn.ModuleList(ShortConvolution(inner, conv_size) for _ in range(3))
+        channels = head_dim if channel_gates else None
+        lr_init = min(0.05, 0.4 / rule.chunk_size) if lr_init is None else lr_init
+        lr_max = 4 * lr_init if lr_max is None else lr_max
+        self.lr = Gate(dim, num_heads, init=lr_init, scale=lr_max, channels=channels, rank=gate_rank)
+        self.decay = None if rule.retention == "none" else \
+            Gate(dim, num_heads, init=decay_init, channels=channels, rank=gate_rank)
+        self.momentum = Gate(dim, num_heads, init=momentum_init, channels=channels, rank=gate_rank) \
+            if rule.uses_momentum else None
+        self.threshold = nn.Linear(dim, num_heads) if rule.objective == "huber" else None
+        self.shift = nn.Linear(dim, num_heads) if rule.objective == "robust" else None
+        for lin, value in ((self.threshold, threshold_init), (self.shift, shift_init)):
+            if lin is not None:  # softplus(b) = value at initialisation
+                nn.init.zeros_(lin.weight)
+                nn.init.constant_(lin.bias, math.log(math.expm1(value)))
+        self.window = Gate(dim, num_heads * rule.window, init=0.5) if rule.window > 1 else None
+        if rule.feature_map == "poly":  # a_i = softplus(ρ_i), initialised at 1/i! (Atlas Eq. 5)
+            a = default_poly_coeffs(rule.degree)
+            self.poly = nn.Parameter(torch.log(torch.expm1(a)).expand(num_heads, -1).clone())
+        self.initial = nn.ParameterList(self._initial_state())
+        self.norm = RMSNorm(head_dim)
+        self.g_proj = nn.Linear(dim, inner, bias=False)
+        self.o_proj = nn.Linear(inner, dim, bias=False)
+
+    def _initial_state(self):
+        """Learnable ``M_0`` per head: the rule's default (MLP ``N(0, 1/in)``, matrix 0); Memora keeps logits."""
+        if self.rule.feature_map == "exp":
+            return []
+        state = self.rule.init_state(1, self.heads, self.head_dim, generator=torch.Generator().manual_seed(0))
+        if self.rule.retention == "kl":
+            return [nn.Parameter(torch.zeros_like(w[0])) for w in state.weights]
+        return [nn.Parameter(w[0]) for w in state.weights]
+
+    def initial_state(self) -> MemoryState:
+        if self.rule.feature_map == "exp":
+            return self.rule.init_state(1, self.heads, self.head_dim, dtype=self.q_proj.weight.dtype,
+                                        device=self.q_proj.weight.device)
+        weights = [torch.softmax(p, -1) if self.rule.retention == "kl" else p for p in self.initial]
+        return MemoryState(weights=list(weights))
+
+    def gates(self, x, real):
+        """Token-wise gates; padding tokens (``real`` = 0) write nothing and forget nothing."""
+        keep = real.unsqueeze(-1)
+        out = {"lr": self.lr(x) * (keep if self.lr.channels is None else keep.unsqueeze(-1))}
+        if self.decay is not None:
+            out["decay"] = self.decay(x) * (keep if self.decay.channels is None else keep.unsqueeze(-1))
+        if self.momentum is not None:
+            out["momentum"] = self.momentum(x)
+        if self.threshold is not None:
+            out["threshold"] = F.softplus(self.threshold(x))
+        if self.shift is not None:
+            out["shift"] = F.softplus(self.shift(x))
+        if self.window is not None:
+            out["window_gates"] = self.window(x).unflatten(-1, (self.heads, self.rule.window))
+        if self.rule.feature_map == "poly":
+            out["feature_coeffs"] = F.softplus(self.poly)
+        return out
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        b, t, _ = hidden_states.shape
+        cache = past_key_values[self.layer_idx] if past_key_values is not None else None
+        real = hidden_states.new_ones(b, t) if attention_mask is None else attention_mask[:, -t:].to(hidden_states)
+        if attention_mask is not None and not bool(real.all()):
+            if use_cache or cache is not None:
+                raise NotImplementedError("padded batches with a decoding cache are not supported by memory layers "
+                                          "yet; generate one sequence (or equal-length sequences) at a time")
+            # left padding: move every sequence to the front so its chunk grid starts at its first token, run,
+            # and move the outputs back (pad outputs are then whatever the trailing pads produce: finite, unused)
+            shift = (1 - real).sum(1).long()
+            index = (torch.arange(t, device=real.device) + shift.unsqueeze(1)) % t
+            moved = torch.gather(hidden_states * real.unsqueeze(-1), 1, index.unsqueeze(-1).expand_as(hidden_states))
+            out, _, _ = self.forward(moved)
+            back = (torch.arange(t, device=real.device) - shift.unsqueeze(1)) % t
+            return torch.gather(out, 1, back.unsqueeze(-1).expand_as(out)), None, past_key_values
+
+        convs = [None] * 3 if cache is None else cache["conv"]
+        qkv, new_convs = [], []
+        for proj, conv, state in zip((self.q_proj, self.k_proj, self.v_proj), self.convs, convs):
+            y, state = conv(proj(hidden_states), state)
+            y = F.silu(y) if self.activation == "silu" else y
+            qkv.append(y.unflatten(-1, (self.heads, self.head_dim)))
+            new_convs.append(state)
+        q, k, v = qkv
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        memory = self.initial_state() if cache is None else cache["memory"]
+        out, final = memorize(q, k, v, self.rule, initial_state=memory, output_final_state=use_cache,
+                              **self.gates(hidden_states, real))
+        y = self.norm(out).flatten(-2) * F.silu(self.g_proj(hidden_states))
+        if use_cache:
+            past_key_values = LayerStates() if past_key_values is None else past_key_values
+            past_key_values.update(self.layer_idx, {"memory": final, "conv": new_convs})
+        return self.o_proj(y), None, past_key_values
+
+
+def NeuralMemory(dim: int, num_heads: int, head_dim: int | None = None, chunk_size: int = 64, depth: int = 2,
+                 expansion: int = 4, **kwargs) -> MemoryMixer:
+    """Titans' neural long-term memory (Titans §3.1, Eq. 8-15): a depth-``depth`` residual MLP memory (``depth=1``:
+    a matrix) trained online on ``½‖M(k) − v‖²`` with token-wise lr, momentum and forget gates."""
+    memory = dict(memory="linear") if depth == 1 else dict(memory="mlp", depth=depth, expansion=expansion)
+    rule = MemoryRule(**memory, objective="l2", retention="decay", learner="momentum", chunk_size=chunk_size)
+    return MemoryMixer(dim, num_heads, head_dim, rule=rule, **kwargs)
