@@ -159,3 +159,33 @@ def test_ttt_linear_and_ttt_mlp_are_rule_instances():
 
     out, _ = memorize(q, k, v, mlp, lr=lr, initial_state=rule_state(mlp, *w0))
     assert relative_error(ttt_reference(ttt_mlp, w0, lr, 4), out) < 1e-10
+
+
+def test_dgd_with_dot_bias_is_gated_deltanet_at_every_chunk_size():
+    """Hope's DGD with the dot-product bias, ``W_t = (a I − θ kkᵀ) W_{t−1} + θ kᵀv``, is Gated DeltaNet
+    ``a (I − b kkᵀ) S + b kᵀ v`` (θ = a b, values v / a) exactly — its chunked path is the UT/WY form, so it holds
+    for every chunk size (DeltaNet is a = 1)."""
+    a, b = uniform(0.8, 1.0, 15), uniform(0.1, 0.9, 16)
+    w0 = unit(B, H, D, D, seed=17)
+    ref, ref_state = loop(lambda s, t: gate(a, t) * (s - gate(b, t) * col(k, t) @ (row(k, t) @ s))
+                          + gate(b, t) * col(k, t) @ row(v, t), w0)
+    for chunk in (1, 3, 5, 16):
+        rule = MemoryRule(memory="linear", objective="dot", retention="decay", learner="dgd", chunk_size=chunk)
+        out, state = memorize(q, k, v / a.unsqueeze(-1), rule, lr=a * b, decay=1 - a,
+                              initial_state=rule_state(rule, w0), output_final_state=True)
+        assert relative_error(ref, out) < 1e-12
+        assert relative_error(ref_state, state.weights[0]) < 1e-12
+
+
+def test_dot_bias_with_decay_is_mamba2_ssd_at_every_chunk_size():
+    """Mamba2's SSD, ``h_t = exp(Δ_t A) h_{t−1} + Δ_t B_tᵀ x_t``, ``y_t = C_t h_t``: the dot bias with decay
+    ``1 − exp(Δ_t A)``, lr Δ_t, keys B, values x, queries C; its gradient does not depend on the memory, so every
+    chunk size is exact."""
+    dt, big_a = uniform(0.01, 0.5, 18), -uniform(0.5, 2.0, 19, H)
+    decay = 1 - torch.exp(dt * big_a)
+    ref, _ = loop(lambda s, t: gate(1 - decay, t) * s + gate(dt, t) * col(k, t) @ row(v, t),
+                  torch.zeros(B, H, D, D, dtype=DT))
+    for chunk in (1, 4, 16):
+        rule = MemoryRule(memory="linear", objective="dot", retention="decay", learner="gd", chunk_size=chunk)
+        out, _ = memorize(q, k, v, rule, lr=dt, decay=decay)
+        assert relative_error(ref, out) < 1e-12

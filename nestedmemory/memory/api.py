@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import chunked, recurrent
+from . import chunked, kernel, recurrent
 from .nets import default_poly_coeffs, poly_features
 from .rule import MemoryRule
 from .state import MemoryState
@@ -62,7 +62,10 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
     stream, state = _prepare(q, k, v, rule, lr=lr, decay=decay, momentum=momentum, threshold=threshold,
                              shift=shift, window_gates=window_gates, feature_coeffs=feature_coeffs,
                              initial_state=initial_state)
-    run = recurrent.run if mode == "recurrent" else chunked.run
+    if rule.feature_map == "exp":
+        run = kernel.run_recurrent if mode == "recurrent" else kernel.run_chunked
+    else:
+        run = recurrent.run if mode == "recurrent" else chunked.run
     with torch.autocast(device_type=q.device.type, enabled=False):  # memory math stays in >= fp32
         out, state = run(rule, stream, state)
     out = out.transpose(1, 2).to(q.dtype)
@@ -111,8 +114,8 @@ def _gate(name, value, q, dv, *, channel_ok, last=None):
         return value.permute(0, 2, 1).unsqueeze(-1)
     if tuple(value.shape) == (b, t, h, dv):
         if not channel_ok:
-            raise ValueError(f"channel-wise {name} {tuple(value.shape)} needs memory='linear' with retention "
-                             f"'decay' or 'none' and learner 'gd'/'omega'/'momentum'; pass {(b, t, h)}")
+            raise ValueError(f"channel-wise {name} {tuple(value.shape)} needs memory='linear' (no 'exp' feature map) "
+                             f"with retention 'decay' or 'none' and learner 'gd'/'omega'/'momentum'; pass {(b, t, h)}")
         return value.permute(0, 2, 1, 3)
     raise ValueError(f"{name} must have shape {(b, t, h)} or {(b, t, h, dv)}, got {tuple(value.shape)}")
 
@@ -124,15 +127,17 @@ def _token_value(name, value, q):
 
 def _check_state(state, rule, q, v, dtype):
     b, _, h, d = q.shape
-    shapes = rule.weight_shapes(d, v.shape[-1])
     if state is None:
         return rule.init_state(b, h, d, v.shape[-1], dtype=dtype, device=q.device)
     if not isinstance(state, MemoryState):
         raise TypeError(f"initial_state must be a MemoryState, got {type(state).__name__}")
+    shapes = None if rule.feature_map == "exp" else rule.weight_shapes(d, v.shape[-1])
 
     def fit(name, tensors):
         if tensors is None:
             return None
+        if shapes is None:
+            return _fit_kernel(name, tensors, b, h, (d, v.shape[-1]), dtype)
         if len(tensors) != len(shapes):
             raise ValueError(f"initial_state.{name} has {len(tensors)} matrices, the rule needs {len(shapes)}")
         out = []
@@ -155,12 +160,26 @@ def _check_state(state, rule, q, v, dtype):
                    anchor=fit("anchor", state.anchor), halo=dict(state.halo))
 
 
+def _fit_kernel(name, pair, b, h, dims, dtype):
+    """The ``exp`` memory's ``[K [B, H, N, Dk], C [B, H, N, Dv]]`` (or ``[H, N, ·]``; any ``N``), checked and
+    broadcast over the batch."""
+    if len(pair) != 2 or any(t.dim() not in (3, 4) for t in pair):
+        raise ValueError(f"initial_state.{name} of the exp kernel memory must be [keys [{b}, {h}, N, {dims[0]}], "
+                         f"coefficients [{b}, {h}, N, {dims[1]}]]")
+    n = pair[0].shape[-2]
+    for i, (t, width) in enumerate(zip(pair, dims)):
+        if tuple(t.shape[-3:]) != (h, n, width) or (t.dim() == 4 and t.shape[0] not in (1, b)):
+            raise ValueError(f"initial_state.{name}[{i}] of the exp kernel memory must be [{b}, {h}, {n}, {width}] "
+                             f"(or [{h}, {n}, {width}]), got {tuple(t.shape)}")
+    return [t.to(dtype).expand(b, h, n, width) for t, width in zip(pair, dims)]
+
+
 def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gates, feature_coeffs,
              initial_state):
     _check_qkv(q, k, v)
     dv = v.shape[-1]
-    channel_ok = rule.memory == "linear" and rule.retention in ("decay", "none") and \
-        rule.learner in ("gd", "omega", "momentum")
+    channel_ok = rule.memory == "linear" and rule.feature_map != "exp" and rule.retention in ("decay", "none") \
+        and rule.learner in ("gd", "omega", "momentum")
     if lr is None:
         raise ValueError("lr (the inner learning rate θ_t) is required")
     lr = _gate("lr", lr, q, dv, channel_ok=channel_ok)
@@ -202,7 +221,8 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
         if bool((feature_coeffs < 0).any()):
             raise ValueError("feature_coeffs must be >= 0 (they weight the degrees of φ_p)")
     elif feature_coeffs is not None:
-        raise ValueError("feature_coeffs were given but MemoryRule.feature_map is None")
+        raise ValueError(f"feature_coeffs were given but MemoryRule.feature_map={rule.feature_map!r} has none "
+                         "(they weight the degrees of 'poly')")
 
     def layout(t):
         return t.transpose(1, 2).to(dtype)
@@ -215,7 +235,7 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
         return t if old is None else torch.cat([old.to(dtype), t], dim=2)
 
     q_raw, k_raw = layout(q), halo_cat("k", layout(k))
-    features = (lambda x: x) if rule.feature_map is None else \
+    features = (lambda x: x) if rule.feature_map != "poly" else \
         (lambda x: poly_features(x, rule.degree, feature_coeffs.to(dtype)))
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     stream = Stream(q=features(q_raw), q_raw=q_raw, k=features(k_raw), k_raw=k_raw,

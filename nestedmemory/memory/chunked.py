@@ -35,7 +35,11 @@ def _log(gate):
     return torch.log(gate.clamp_min(torch.finfo(gate.dtype).tiny))
 
 
-def run(rule, s, state):
+def run(rule, s, state, *, factors_at=None, segments=None):
+    """Outputs and final state over the chunk grid. ``factors_at(rule, point, tokens)`` (the write tokens' gradient
+    factors at the chunk's gradient point) and ``segments`` (learner -> dual-form segment) default to the
+    parametric memories'; ``kernel.py`` passes the exponential kernel memory's."""
+    factors_at, segments = factors_at or _factors, segments or _SEGMENTS
     b, h, t_len, _ = s.q.shape
     if t_len == 0:
         return s.q.new_zeros(b, h, 0, s.v.shape[-1]), state
@@ -76,12 +80,12 @@ def run(rule, s, state):
             anchor, lag_decay = weights, 1.0
         elif not (n == 0 and off > 0):
             anchor = weights
-        factors = _factors(rule, anchor, {name: x[n] for name, x in writes.items()})
+        factors = factors_at(rule, anchor, {name: x[n] for name, x in writes.items()})
         if norm is not None:
             factors = [(x, d / nu) for (x, d), nu in zip(factors, norm)]
         chunk_coef = {name: x[n] for name, x in coef.items()}
-        out, weights, momentum = _SEGMENTS[rule.learner](rule, q[n], q_raw[n], weights, momentum,
-                                                         factors, chunk_coef)
+        out, weights, momentum = segments[rule.learner](rule, q[n], q_raw[n], weights, momentum,
+                                                        factors, chunk_coef)
         outs.append(out)
         if lag_decay is not None:
             lag_decay = lag_decay * _last(chunk_coef["beta"])
@@ -104,13 +108,18 @@ def _factors(rule, point, tokens):
 
 # ------------------------------------------------------------------------------------------ write tokens
 def _write_tokens(rule, s, off, c, n_chunks, grid):
-    """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens."""
+    """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens;
+    ``pos`` ``[1, 1, N, E]`` is each slot's stream position, −1 on the grid's padding."""
     names = {"k": s.k, "k_raw": s.k_raw, "v": s.v, "threshold": s.threshold, "shift": s.shift}
     if rule.window == 1:
-        return {name: grid(x) for name, x in names.items() if x is not None}
+        tokens = {name: grid(x) for name, x in names.items() if x is not None}
+        tokens["pos"] = grid(torch.arange(s.k.shape[2], device=s.k.device).view(1, 1, -1), -1)
+        return tokens
     pos, _ = _ext_positions(rule.window - 1, s.halo, s.k.shape[2], off, c, n_chunks, s.k.device)
     index = pos.clamp(0, s.k.shape[2] - 1)
-    return {name: x[:, :, index] for name, x in names.items() if x is not None}
+    tokens = {name: x[:, :, index] for name, x in names.items() if x is not None}
+    tokens["pos"] = pos.view(1, 1, *pos.shape)
+    return tokens
 
 
 def _ext_positions(w, halo, length, off, c, n_chunks, device):

@@ -18,7 +18,7 @@ from .state import MemoryState
 
 MEMORIES = ("linear", "mlp")
 ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
-FEATURE_MAPS = (None, "poly")
+FEATURE_MAPS = (None, "poly", "exp")
 OBJECTIVES = ("dot", "l2", "lp", "huber", "robust")
 RETENTIONS = ("none", "decay", "lq", "kl", "elastic")
 LEARNERS = ("gd", "momentum", "omega", "muon", "dgd")
@@ -40,6 +40,8 @@ class MemoryRule:
     ``expansion * D``, no biases (Titans §3.1, Miras §5.3, Atlas Eq. 42); ``gated=True`` is Atlas++ Eq. 43,
     ``M(x) = x + (act(x @ W1) * (x @ W3)) @ W2`` (depth 2). ``feature_map="poly"`` feeds
     ``φ_p(x) = concat_i sqrt(a_i) x^{⊗i}`` (Atlas Eq. 5/22) to the first layer; the residual uses the raw input.
+    ``feature_map="exp"`` is ``φ*`` (``exp(q·k)`` kernel; DeepTransformers / Dot) on a matrix memory: the exact
+    non-parametric memory of ``kernel.py``, state ``[K, C]``, ``M(x) = exp(x Kᵀ) C``.
 
     Attentional bias (``objective``), with ``e = M(k) − v`` (SPEC §4.2):
     ``dot``: ``−⟨M(k), v⟩``; ``l2``: ``½‖e‖²``; ``lp``: ``Σ_j (e_j² + ε)^{p/2}`` (smoothed ``‖e‖_p^p``);
@@ -116,6 +118,13 @@ class MemoryRule:
                 raise ValueError(f"MemoryRule.window must be 1 with retention={self.retention!r}")
         if self.learner == "dgd" and self.window != 1:
             raise ValueError("MemoryRule.window must be 1 with learner='dgd'")
+        if self.feature_map == "exp":
+            if self.memory != "linear":
+                raise ValueError("MemoryRule.feature_map='exp' (DeepTransformers / Dot) needs memory='linear'")
+            if self.objective not in ("dot", "l2") or self.retention not in ("none", "decay") \
+                    or self.learner not in ("gd", "omega", "dgd"):
+                raise ValueError("MemoryRule.feature_map='exp' supports objective dot/l2, retention none/decay "
+                                 "and learner gd/omega/dgd")
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -134,6 +143,9 @@ class MemoryRule:
 
     def weight_shapes(self, key_dim: int, value_dim: int | None = None) -> list[tuple[int, int]]:
         """``(in, out)`` of every memory weight matrix, in ``state.weights`` order."""
+        if self.feature_map == "exp":
+            raise ValueError("MemoryRule.feature_map='exp' is a kernel memory: its state holds keys and coefficients "
+                             "[K [B, H, N, Dk], C [B, H, N, Dv]], not weight matrices")
         value_dim = key_dim if value_dim is None else value_dim
         d_in = self.feature_dim(key_dim)
         if self.memory == "linear":
@@ -151,7 +163,11 @@ class MemoryRule:
                    dtype: torch.dtype = torch.float32, device=None,
                    generator: torch.Generator | None = None) -> MemoryState:
         """A fresh state: zeros for the matrix memory, ``N(0, 1/in)`` for MLP layers, the uniform distribution
-        for ``kl`` (Memora), zero momentum."""
+        for ``kl`` (Memora), zero momentum; no stored keys (``N = 0``) for the ``exp`` kernel memory."""
+        if self.feature_map == "exp":
+            value_dim = head_dim if value_dim is None else value_dim
+            return MemoryState(weights=[torch.zeros(batch, heads, 0, dim, dtype=dtype, device=device)
+                                        for dim in (head_dim, value_dim)])
         weights = []
         for d_in, d_out in self.weight_shapes(head_dim, value_dim):
             shape = (batch, heads, d_in, d_out)

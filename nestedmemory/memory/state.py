@@ -12,7 +12,9 @@ class MemoryState:
     """State after ``t`` tokens of one memory layer (all tensors ``[B, H, ...]``).
 
     ``weights``: the memory as it is read, ``W_t`` (one ``[B, H, in, out]`` matrix per layer). For ``lq``
-    (Moneta) at a chunk boundary it holds the accumulator ``A`` (the memory is then ``A / ‖A‖_q^{q−2}``).
+    (Moneta) at a chunk boundary it holds the accumulator ``A`` (the memory is then ``A / ‖A‖_q^{q−2}``). For the
+    ``exp`` kernel memory it is ``[K [B, H, N, Dk], C [B, H, N, Dv]]``, ``W = Σ_n φ*(K_n)ᵀ C_n`` (N grows with
+    every write; ``anchor`` has the same form).
     ``momentum``: ``S_t`` for ``momentum``/``muon`` learners. ``offset``: tokens already taken in the current
     chunk; when it is not 0, ``anchor`` holds the gradient point of that chunk (the memory at its start, or
     after its lag token), ``norm`` Moneta's ``‖A_lag‖_q^{q−2}`` per matrix and ``lag_decay`` Memora's decay
