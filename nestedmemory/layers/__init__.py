@@ -9,9 +9,9 @@ each layer keeps its own entry under ``self.layer_idx``.
 
 from .attention import Attention
 from .cache import LayerStates
-from .common import Gate, RMSNorm, ShortConvolution
+from .common import Gate, RMSNorm, ShortConvolution, left_aligned
 from .memory import MemoryMixer, NeuralMemory
 from .rope import apply_rope
 
 __all__ = ["Attention", "Gate", "LayerStates", "MemoryMixer", "NeuralMemory", "RMSNorm", "ShortConvolution",
-           "apply_rope"]
+           "apply_rope", "left_aligned"]

@@ -9,9 +9,15 @@ class LayerStates:
     (padding included). Layers read their entry at the start of ``forward`` and write it back with :meth:`update`
     when ``use_cache`` is set."""
 
+    is_compileable = False
+
     def __init__(self):
         self.states: dict[int, dict] = {}
         self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Positions processed so far (the ``transformers`` cache interface)."""
+        return self.seen_tokens
 
     def __getitem__(self, layer_idx: int) -> dict | None:
         return self.states.get(layer_idx)

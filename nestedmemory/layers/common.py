@@ -77,3 +77,17 @@ class Gate(nn.Module):
         if self.channels is None:
             return g
         return g.unflatten(-1, (self.heads, self.channels))
+
+
+def left_aligned(mixer, hidden_states, real):
+    """Run ``mixer`` on left-padded sequences moved to the front (padding trailing and zeroed) and move its outputs
+    back: a causal mixer whose computation has a grid anchored at the first token (memory chunks, MAC segments)
+    then treats each padded sequence exactly as the sequence alone. Outputs at padding positions are finite and
+    meaningless."""
+    t = hidden_states.shape[1]
+    shift = (1 - real).sum(1).long()
+    steps = torch.arange(t, device=real.device)
+    moved = torch.gather(hidden_states * real.unsqueeze(-1), 1,
+                         ((steps + shift[:, None]) % t).unsqueeze(-1).expand_as(hidden_states))
+    out = mixer(moved)[0]
+    return torch.gather(out, 1, ((steps - shift[:, None]) % t).unsqueeze(-1).expand_as(out))

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import default_poly_coeffs
 from .cache import LayerStates
-from .common import Gate, RMSNorm, ShortConvolution
+from .common import Gate, RMSNorm, ShortConvolution, left_aligned
 
 
 class MemoryMixer(nn.Module):
@@ -74,12 +74,14 @@ class MemoryMixer(nn.Module):
         self.o_proj = nn.Linear(inner, dim, bias=False)
 
     def _initial_state(self):
-        """Learnable ``M_0`` per head: the rule's default (MLP ``N(0, 1/in)``, matrix 0); Memora keeps logits."""
+        """Learnable ``M_0`` per head: the rule's default (MLP ``N(0, 1/in)``, matrix 0). Memora keeps logits, drawn
+        ``N(0, 1)``: uniform rows would make every hidden unit of an MLP memory identical forever."""
         if self.rule.feature_map == "exp":
             return []
         state = self.rule.init_state(1, self.heads, self.head_dim, generator=torch.Generator().manual_seed(0))
         if self.rule.retention == "kl":
-            return [nn.Parameter(torch.zeros_like(w[0])) for w in state.weights]
+            g = torch.Generator().manual_seed(1)
+            return [nn.Parameter(torch.randn(w[0].shape, generator=g)) for w in state.weights]
         return [nn.Parameter(w[0]) for w in state.weights]
 
     def initial_state(self) -> MemoryState:
@@ -115,14 +117,7 @@ class MemoryMixer(nn.Module):
             if use_cache or cache is not None:
                 raise NotImplementedError("padded batches with a decoding cache are not supported by memory layers "
                                           "yet; generate one sequence (or equal-length sequences) at a time")
-            # left padding: move every sequence to the front so its chunk grid starts at its first token, run,
-            # and move the outputs back (pad outputs are then whatever the trailing pads produce: finite, unused)
-            shift = (1 - real).sum(1).long()
-            index = (torch.arange(t, device=real.device) + shift.unsqueeze(1)) % t
-            moved = torch.gather(hidden_states * real.unsqueeze(-1), 1, index.unsqueeze(-1).expand_as(hidden_states))
-            out, _, _ = self.forward(moved)
-            back = (torch.arange(t, device=real.device) - shift.unsqueeze(1)) % t
-            return torch.gather(out, 1, back.unsqueeze(-1).expand_as(out)), None, past_key_values
+            return left_aligned(self, hidden_states, real), None, past_key_values
 
         convs = [None] * 3 if cache is None else cache["conv"]
         qkv, new_convs = [], []
@@ -136,11 +131,32 @@ class MemoryMixer(nn.Module):
         memory = self.initial_state() if cache is None else cache["memory"]
         out, final = memorize(q, k, v, self.rule, initial_state=memory, output_final_state=use_cache,
                               **self.gates(hidden_states, real))
-        y = self.norm(out).flatten(-2) * F.silu(self.g_proj(hidden_states))
         if use_cache:
             past_key_values = LayerStates() if past_key_values is None else past_key_values
             past_key_values.update(self.layer_idx, {"memory": final, "conv": new_convs})
-        return self.o_proj(y), None, past_key_values
+        return self._output(out, hidden_states), None, past_key_values
+
+    def _output(self, read, x):
+        """``W_o(RMSNorm(read) ⊙ SiLU(W_g x))``: per-head norm of the memory read, gated by the input."""
+        return self.o_proj(self.norm(read).flatten(-2) * F.silu(self.g_proj(x)))
+
+    def memory_state(self, past_key_values) -> MemoryState:
+        """The memory state this layer holds in ``past_key_values`` (its learnable initial state if none)."""
+        entry = None if past_key_values is None else past_key_values[self.layer_idx]
+        return self.initial_state() if entry is None else entry["memory"]
+
+    def read(self, x, state: MemoryState):
+        """``M*(x)``: ``state`` read at the queries of ``x`` ``[B, N, dim]`` *without* a write (Titans Eq. 15/21,
+        "forward pass without weight update"), through the layer's query and output paths. ``x`` has no time axis,
+        so the query skips the causal conv; zero lr, decay and momentum leave every rule's state unchanged."""
+        b, n, _ = x.shape
+        q = self.q_proj(x)
+        q = F.silu(q) if self.activation == "silu" else q
+        q = F.normalize(q.unflatten(-1, (self.heads, self.head_dim)), dim=-1)
+        gates = self.gates(x, x.new_ones(b, n))
+        gates.update({name: torch.zeros_like(gates[name]) for name in ("lr", "decay", "momentum") if name in gates})
+        out, _ = memorize(q, q, torch.zeros_like(q), self.rule, initial_state=state, **gates)
+        return self._output(out, x)
 
 
 def NeuralMemory(dim: int, num_heads: int, head_dim: int | None = None, chunk_size: int = 64, depth: int = 2,

@@ -1,0 +1,160 @@
+"""Blocks: the Llama-style residual block and the Titans ways of combining memory with attention (SPEC §3.4, §10.3).
+
+Every block is ``h ← h + mixer_i(RMSNorm_i(h))`` for its token mixers, then ``h ← h + SwiGLU(RMSNorm(h))``. The mixers
+follow the layer protocol of :mod:`nestedmemory.layers` (``(out, None, past_key_values)``); each has its own entry in
+the :class:`~nestedmemory.layers.LayerStates` cache, keyed ``2 · block + i``.
+
+- ``memory``: the memory layer (Titans LMM, Miras, ATLAS, baselines).
+- ``attention``: RoPE attention, global or sliding-window, with persistent tokens.
+- :class:`MemoryAsGate` (MAG, Titans §4.2): SWA with persistent prefix ∥ memory, gated.
+- :class:`MemoryAsContext` (MAC, Titans §4.1): segment attention over [persistent ∥ long-term ∥ segment].
+- MAL (Titans §4.3) is a block with two mixers, memory then SWA (H3-like).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import Attention, LayerStates, MemoryMixer, RMSNorm, left_aligned
+from .config import NestedMemoryConfig
+
+
+class SwiGLU(nn.Module):
+    """``W_down(SiLU(x W_gate) ⊙ x W_up)`` (Llama's MLP)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GatedCombine(nn.Module):
+    """Titans' ``o = y ⊗ M(x)`` (§4.1 Eq. 25, §4.2): "normalize the outputs y and M(x̃) using learnable vector-valued
+    weights, followed by a non-linearity σ(.)" — here ``o = W_o(RMSNorm_a(y) ⊙ sigmoid(RMSNorm_b(m)))``: the memory
+    gates the attention output channel by channel."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.norm_y, self.norm_m = RMSNorm(dim, eps), RMSNorm(dim, eps)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, y, m):
+        return self.o_proj(self.norm_y(y) * torch.sigmoid(self.norm_m(m)))
+
+
+def memory_layer(config: NestedMemoryConfig, layer_idx: int) -> MemoryMixer:
+    return MemoryMixer(config.hidden_size, config.memory_heads, config.memory_head_dim, layer_idx=layer_idx,
+                       **config.memory_layer_kwargs())
+
+
+def attention_layer(config: NestedMemoryConfig, layer_idx: int, window: int | None) -> Attention:
+    return Attention(config.hidden_size, config.num_heads, config.head_dim, config.num_kv_heads, window=window,
+                     persistent_tokens=config.persistent_tokens, rope_theta=config.rope_theta, layer_idx=layer_idx)
+
+
+class MemoryAsGate(nn.Module):
+    """MAG (Titans §4.2, Fig. 4): ``y = SW-Attn*([p] ∥ x)`` and the memory ``M(x)`` read the same normalised input in
+    parallel; ``o = W_o(RMSNorm_a(y) ⊙ σ(RMSNorm_b(M(x))))`` (:class:`GatedCombine`). The persistent tokens are the
+    attention's learnable keys/values; the memory's learnable initial state plays their role for the memory."""
+
+    def __init__(self, config: NestedMemoryConfig, layer_idx: int):
+        super().__init__()
+        self.attention = attention_layer(config, layer_idx, config.window)
+        self.memory = memory_layer(config, layer_idx + 1)
+        self.combine = GatedCombine(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        y, _, past_key_values = self.attention(hidden_states, attention_mask, past_key_values, use_cache)
+        m, _, past_key_values = self.memory(hidden_states, attention_mask, past_key_values, use_cache)
+        return self.combine(y, m), None, past_key_values
+
+
+class MemoryAsContext(nn.Module):
+    """MAC (Titans §4.1, Eq. 21-25, Fig. 2): the sequence is cut into segments of ``segment_size`` tokens; for the
+    segment ``S``:
+
+    1. ``h = M*_{s−1}(ℓ)``: the memory left by the previous segments is read (no write, :meth:`MemoryMixer.read`) at
+       ``longterm_tokens`` learned query tokens ``ℓ`` — the long-term memory tokens (Eq. 21);
+    2. ``y = Attn([p] ∥ h ∥ S)``: full causal attention inside the segment, behind the persistent tokens ``p``
+       (Eq. 22-23; the attention restarts at every segment, so its cache never exceeds ``N_l + segment_size``);
+    3. the memory writes ``y`` token by token and reads it back, ``M_t(y_t)`` (Eq. 24);
+    4. ``o = y ⊗ M_t(y)`` with :class:`GatedCombine` (Eq. 25).
+
+    The memory runs over the whole stream of ``y`` (its chunk grid continues across segments). The cache entry holds
+    the inner mixers' states and the number of tokens seen; decoding equals the full pass."""
+
+    def __init__(self, config: NestedMemoryConfig, layer_idx: int):
+        super().__init__()
+        self.segment, self.layer_idx = config.segment_size, layer_idx
+        self.attention = attention_layer(config, 0, window=None)
+        self.memory = memory_layer(config, 1)
+        self.queries = nn.Parameter(config.initializer_range * torch.randn(config.longterm_tokens,
+                                                                            config.hidden_size))
+        self.combine = GatedCombine(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        b, t, _ = hidden_states.shape
+        entry = past_key_values[self.layer_idx] if past_key_values is not None else None
+        if attention_mask is not None and not bool(attention_mask[:, -t:].all()):
+            if use_cache or entry is not None:
+                raise NotImplementedError("MAC does not support padded batches with a decoding cache; generate one "
+                                          "sequence (or equal-length sequences) at a time")
+            return left_aligned(self, hidden_states, attention_mask[:, -t:].to(hidden_states)), None, past_key_values
+        inner, seen = LayerStates(), 0
+        if entry is not None:  # a copy: the caller's cache changes only with use_cache
+            inner.states, seen = dict(entry["inner"].states), entry["seen"]
+        outs, start = [], 0
+        while start < t:
+            offset = seen % self.segment
+            piece = hidden_states[:, start:start + min(self.segment - offset, t - start)]
+            n = piece.shape[1]
+            if offset == 0:  # a new segment: fresh attention over [h ∥ segment]
+                inner.update(0, None)
+                if len(self.queries):
+                    memory = self.memory.memory_state(inner)
+                    piece = torch.cat((self.memory.read(self.queries.expand(b, -1, -1), memory), piece), 1)
+            y = self.attention(piece, past_key_values=inner, use_cache=True)[0][:, -n:]
+            m = self.memory(y, past_key_values=inner, use_cache=True)[0]
+            outs.append(self.combine(y, m))
+            start, seen = start + n, seen + n
+        if use_cache:
+            past_key_values = LayerStates() if past_key_values is None else past_key_values
+            past_key_values.update(self.layer_idx, {"inner": inner, "seen": seen})
+        return torch.cat(outs, 1), None, past_key_values
+
+
+def block_mixers(config: NestedMemoryConfig, block_idx: int) -> list[nn.Module]:
+    """The token mixers of block ``block_idx`` for ``config.architecture`` (cache keys ``2 · block_idx + i``)."""
+    idx, arch = 2 * block_idx, config.architecture
+    if arch == "lmm" or (arch == "hybrid" and block_idx % 2 == 0):
+        return [memory_layer(config, idx)]
+    if arch in ("hybrid", "transformer"):
+        return [attention_layer(config, idx, config.window)]
+    if arch == "mag":
+        return [MemoryAsGate(config, idx)]
+    if arch == "mac":
+        return [MemoryAsContext(config, idx)]
+    return [memory_layer(config, idx), attention_layer(config, idx + 1, config.window)]  # mal
+
+
+class Block(nn.Module):
+    """``h ← h + mixer_i(RMSNorm_i(h))`` for each mixer, then ``h ← h + SwiGLU(RMSNorm(h))``."""
+
+    def __init__(self, config: NestedMemoryConfig, block_idx: int):
+        super().__init__()
+        self.mixers = nn.ModuleList(block_mixers(config, block_idx))
+        self.norms = nn.ModuleList(RMSNorm(config.hidden_size, config.rms_norm_eps) for _ in self.mixers)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False):
+        for norm, mixer in zip(self.norms, self.mixers):
+            out, _, past_key_values = mixer(norm(hidden_states), attention_mask, past_key_values, use_cache)
+            hidden_states = hidden_states + out
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states)), past_key_values

@@ -1,0 +1,116 @@
+"""``transformers`` models: ``NestedMemoryModel`` (the block stack) and ``NestedMemoryForCausalLM`` (+ LM head, loss,
+``generate``), registered with ``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM``.
+
+The decoding cache is a :class:`~nestedmemory.layers.LayerStates`: one entry per token mixer — the memory state
+(weights, momentum, chunk position; O(1) in the length, except the ``exp`` kernel memories which grow like
+attention), the short-conv windows, the last ``window − 1`` keys/values of sliding-window attention, MAC's
+current segment. ``generate`` never builds a ``DynamicCache`` for this model (``_supports_default_dynamic_cache``
+is ``False``, as for RWKV): the first forward creates the ``LayerStates``, which ``generate`` then feeds back with
+only the new token.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..layers import LayerStates, RMSNorm
+from .blocks import Block
+from .config import NestedMemoryConfig
+
+
+class NestedMemoryPreTrainedModel(PreTrainedModel):
+    config_class = NestedMemoryConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["Block"]
+    _is_stateful = True  # generate: no assisted decoding (a recurrent state cannot be rolled back)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+    def _init_weights(self, module):
+        """Embeddings ``N(0, initializer_range)``; every other module keeps the initialisation its constructor gives
+        it (the layers set their gates, convs and initial memory states themselves)."""
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+
+
+class NestedMemoryModel(NestedMemoryPreTrainedModel):
+    """Token embedding, ``num_layers`` blocks (:mod:`nestedmemory.models.blocks`), final RMSNorm."""
+
+    def __init__(self, config: NestedMemoryConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings = value
+
+    def forward(self, input_ids=None, attention_mask=None, past_key_values: LayerStates | None = None,
+                use_cache: bool | None = None, inputs_embeds=None, return_dict: bool | None = None, **kwargs):
+        """``attention_mask`` ``[B, T_total]`` (1 = token, 0 = left padding; covers the cached prefix and the new
+        tokens). ``use_cache`` (default ``False``) returns the ``LayerStates`` to continue from, with
+        ``seen_tokens`` advanced by ``T``; a ``past_key_values`` given without ``use_cache`` is read, not changed."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        if use_cache and past_key_values is None:
+            past_key_values = LayerStates()
+        for layer in self.layers:
+            hidden_states, _ = layer(hidden_states, attention_mask, past_key_values, bool(use_cache))
+        if use_cache:
+            past_key_values.seen_tokens += hidden_states.shape[1]
+        out = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states),
+                                      past_key_values=past_key_values if use_cache else None)
+        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+
+class NestedMemoryForCausalLM(NestedMemoryPreTrainedModel, GenerationMixin):
+    """:class:`NestedMemoryModel` + LM head. ``labels`` gives the mean next-token cross-entropy (labels shifted
+    inside, ``-100`` ignored)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: NestedMemoryConfig):
+        super().__init__(config)
+        self.model = NestedMemoryModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value):
+        self.model.embeddings = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(self, input_ids=None, attention_mask=None, past_key_values: LayerStates | None = None,
+                use_cache: bool | None = None, inputs_embeds=None, labels=None, return_dict: bool | None = None,
+                logits_to_keep: int = 0, **kwargs):
+        """As :meth:`NestedMemoryModel.forward`; ``logits_to_keep > 0`` computes logits for the last positions
+        only (``generate`` asks for 1)."""
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels need the logits of every position; leave logits_to_keep at 0")
+        out = self.model(input_ids, attention_mask, past_key_values, use_cache, inputs_embeds, return_dict=True)
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()

@@ -1,0 +1,127 @@
+"""Named models and sizes: ``from_preset("titans-mag", size="340m")``.
+
+Rules (README table; SPEC §3-5): Titans = MLP (depth 2, expansion 4) + ℓ2 + decay + momentum (Titans Eq. 13-14);
+Moneta / Yaad / Memora = MLP with LayerNorm (Miras §5.3) + ℓ3 + L4 / Huber + decay / ℓ2 + KL, GD; OmegaNet, Atlas,
+Atlas++ = MLP (Atlas++ gated, Eq. 43) on degree-2 polynomial features + ℓ2 + decay + Omega window 4, GD (OmegaNet,
+Eq. 10) or Muon (Atlas, Eq. 32-33); DLA = MLP + dot + decay (Eq. 19); DeepTransformer / SWDT / Dot = the exact
+``exp`` feature map (Eq. 25-31) with dot + GD / dot + Omega window 4 / dot + delta GD; TTT-Linear / TTT-MLP = ℓ2
+GD at mini-batch 16; the baselines as matrix memories: linear attention (dot, GD), DeltaNet (dot, delta GD),
+Gated DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD).
+
+Sizes: ``tiny`` for CPU tests; ``170m``, ``340m``, ``760m``, ``1.3b`` with layers / width / heads of Miras Table 5
+and Atlas Table 7, vocabulary 32K, untied embeddings. Those tables give no MLP width, and the architectures differ
+in mixer size, so the SwiGLU width is solved for each preset to match the nominal parameter count (the papers
+compare models of equal size); pass ``intermediate_size`` to fix it instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SWA_ARCHITECTURES, NestedMemoryConfig
+from .modeling import NestedMemoryForCausalLM
+
+MLP = dict(memory="mlp", depth=2, expansion=4)
+MIRAS_MLP = dict(MLP, layernorm=True)
+TITANS = dict(MLP, objective="l2", retention="decay", learner="momentum")
+POLY = dict(feature_map="poly", degree=2, objective="l2", retention="decay", window=4)
+ATLAS = dict(MLP, **POLY, learner="muon")
+EXP = dict(memory="linear", feature_map="exp", objective="dot", retention="none")
+MATRIX = dict(memory="linear", objective="dot")
+
+#: name → (architecture, memory rule without chunk_size).
+PRESETS: dict[str, tuple[str, dict | None]] = {
+    "titans-lmm": ("lmm", TITANS),
+    "titans-mac": ("mac", TITANS),
+    "titans-mag": ("mag", TITANS),
+    "titans-mal": ("mal", TITANS),
+    "moneta": ("lmm", dict(MIRAS_MLP, objective="lp", p=3.0, retention="lq", q=4.0, learner="gd")),
+    "yaad": ("lmm", dict(MIRAS_MLP, objective="huber", retention="decay", learner="gd")),
+    "memora": ("lmm", dict(MIRAS_MLP, objective="l2", retention="kl", learner="gd")),
+    "omeganet": ("lmm", dict(MLP, **POLY, learner="omega")),
+    "atlas": ("mag", ATLAS),
+    "atlas-mal": ("mal", ATLAS),
+    "atlas++": ("mag", dict(ATLAS, gated=True)),
+    "dla": ("lmm", dict(MLP, objective="dot", retention="decay", learner="gd")),
+    "deeptransformer": ("lmm", dict(EXP, learner="gd")),
+    "dot": ("lmm", dict(EXP, learner="dgd")),
+    "swdt": ("lmm", dict(EXP, learner="omega", window=4)),
+    "ttt-linear": ("lmm", dict(memory="linear", objective="l2", retention="none", learner="gd")),
+    "ttt-mlp": ("lmm", dict(MIRAS_MLP, objective="l2", retention="none", learner="gd")),
+    "transformer++": ("transformer", None),
+    "linear-attention": ("lmm", dict(MATRIX, retention="none", learner="gd")),
+    "deltanet": ("lmm", dict(MATRIX, retention="none", learner="dgd")),
+    "gated-deltanet": ("lmm", dict(MATRIX, retention="decay", learner="dgd")),
+    "mamba2": ("lmm", dict(MATRIX, retention="decay", learner="gd")),
+}
+for _name in ("moneta", "yaad", "memora"):  # Samba-style hybrids (Miras §5.4)
+    PRESETS[f"{_name}-h"] = ("hybrid", PRESETS[_name][1])
+
+#: size → backbone and the size-dependent choices: memory chunk, SWA window (Atlas §5.7: 2K), MAC segment,
+#: persistent / long-term memory tokens (Titans leaves all of these open), and the memory head width of the
+#: polynomial-feature presets (φ_2 of a d-dim key has 1 + d + d² features, so narrow memory heads keep the memory's
+#: first layer — and Muon's per-token Newton–Schulz — small).
+SIZES: dict[str, dict] = {
+    "tiny": dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, chunk=8, window=4, segment_size=8,
+                 persistent_tokens=2, longterm_tokens=2, poly_head_dim=8),
+    "170m": dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=16),
+    "340m": dict(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=16),
+    "760m": dict(vocab_size=32000, hidden_size=1536, num_layers=24, num_heads=16),
+    "1.3b": dict(vocab_size=32000, hidden_size=2048, num_layers=18, num_heads=8),
+}
+for _size in ("170m", "340m", "760m", "1.3b"):
+    SIZES[_size].update(chunk=64, window=2048, segment_size=512, persistent_tokens=4, longterm_tokens=4,
+                        poly_head_dim=16)
+#: nominal parameter counts of the paper sizes.
+NOMINAL = {"170m": 170e6, "340m": 340e6, "760m": 760e6, "1.3b": 1.3e9}
+#: their blocks hold two token mixers (attention and memory); the tables' layer count is the number of token
+#: mixers (as for Samba-style hybrids), so they get half as many blocks.
+TWO_MIXER_ARCHITECTURES = ("mac", "mag", "mal")
+TTT_CHUNK = 16  # TTT's mini-batch size
+
+
+def preset_config(name: str, size: str = "tiny", **overrides) -> NestedMemoryConfig:
+    """The :class:`NestedMemoryConfig` of preset ``name`` at ``size``; ``overrides`` replace any config field
+    (``memory`` replaces the whole rule dict)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
+    architecture, rule = PRESETS[name]
+    fields = dict(SIZES[size])
+    chunk, poly_head_dim = fields.pop("chunk"), fields.pop("poly_head_dim")
+    kwargs = dict(fields, architecture=architecture)
+    if rule is not None:
+        kwargs["memory"] = dict(rule, chunk_size=min(chunk, TTT_CHUNK) if name.startswith("ttt") else chunk)
+        if rule.get("feature_map") == "poly":
+            kwargs.update(memory_head_dim=poly_head_dim, memory_heads=kwargs["hidden_size"] // poly_head_dim)
+    if architecture not in SWA_ARCHITECTURES:
+        kwargs["window"] = None
+    if architecture in TWO_MIXER_ARCHITECTURES:
+        kwargs["num_layers"] = max(1, kwargs["num_layers"] // 2)
+    else:
+        kwargs["persistent_tokens"] = 0
+    kwargs.update(overrides)
+    if size in NOMINAL and "intermediate_size" not in overrides:
+        kwargs["intermediate_size"] = _matched_intermediate(NOMINAL[size], **kwargs)
+    return NestedMemoryConfig(**kwargs)
+
+
+def from_preset(name: str, size: str = "tiny", **overrides) -> NestedMemoryForCausalLM:
+    """A freshly initialised :class:`NestedMemoryForCausalLM` of preset ``name`` at ``size`` (see
+    :func:`preset_config`)."""
+    return NestedMemoryForCausalLM(preset_config(name, size, **overrides))
+
+
+def count_parameters(config: NestedMemoryConfig) -> int:
+    """The parameter count of the model of ``config``, built on the meta device (no memory is allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in NestedMemoryForCausalLM(config).parameters())
+
+
+def _matched_intermediate(target: float, **kwargs) -> int:
+    """The SwiGLU width (a multiple of 32) that brings the model to ``target`` parameters: the count is affine in
+    it, ``3 · hidden_size · num_layers`` per unit."""
+    config = NestedMemoryConfig(**dict(kwargs, intermediate_size=32))
+    per_unit = 3 * config.hidden_size * config.num_layers
+    return max(32, 32 + 32 * round((target - count_parameters(config)) / per_unit / 32))

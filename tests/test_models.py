@@ -1,0 +1,237 @@
+"""Whole models, every preset at the tiny size: causality, prefill + decoding == full forward, ``generate`` ==
+manual greedy decoding, save → load round trip, left padding, training, configuration errors, paper-size
+parameter counts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from nestedmemory.cli import relative_error
+from nestedmemory.layers import LayerStates
+from nestedmemory.memory import nets
+from nestedmemory.models import (PRESETS, SIZES, NestedMemoryConfig, NestedMemoryForCausalLM, NestedMemoryModel,
+                                 count_parameters, from_preset, preset_config)
+from nestedmemory.models.presets import NOMINAL, TWO_MIXER_ARCHITECTURES
+
+T = 20  # not a multiple of the chunk (8) nor of the MAC segment (8); longer than the SWA window (4)
+presets = pytest.mark.parametrize("name", PRESETS)
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (and do not fight other processes for the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(name, dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    return from_preset(name, **overrides).to(dtype).eval()
+
+
+def tokens(b=2, t=T, seed=1):
+    return torch.randint(0, 256, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@presets
+@torch.no_grad()
+def test_causality(name):
+    model, x, t = make(name), tokens(), 11
+    y = x.clone()
+    y[:, t + 1:] = tokens(t=T - t - 1, seed=2)
+    torch.testing.assert_close(model(x).logits[:, :t + 1], model(y).logits[:, :t + 1], rtol=0, atol=1e-6)
+
+
+DECODING = [pytest.param(name, {}, id=name) for name in PRESETS]
+DECODING += [pytest.param(name, {"num_layers": 2}, id=f"{name}-2blocks") for name in ("titans-mac", "titans-mag")]
+
+
+def decode(model, x, schedule):
+    """Logits of ``x`` fed in pieces of ``schedule`` through the cache."""
+    cache, logits, seen = None, [], 0
+    for n in schedule:
+        out = model(x[:, seen:seen + n], past_key_values=cache, use_cache=True)
+        cache, seen = out.past_key_values, seen + n
+        logits.append(out.logits)
+        assert isinstance(cache, LayerStates) and cache.seen_tokens == seen
+    return torch.cat(logits, 1)
+
+
+@pytest.mark.parametrize("name, overrides", DECODING)
+@torch.no_grad()
+def test_prefill_then_decoding_equals_full_forward(name, overrides):
+    model, x = make(name, **overrides), tokens()
+    full = model(x).logits
+    assert relative_error(full, decode(model, x, [7] + [1] * (T - 7))) < 1e-4
+    assert relative_error(full, decode(model, x, [3, 6, 1, 1, 5, 1, 3])) < 1e-4  # pieces across segment borders
+
+
+@presets
+@torch.no_grad()
+def test_generate_matches_manual_greedy_decoding(name):
+    model, prompt, new = make(name, torch.float64), tokens(t=5), 4  # fp64: no near-tie can flip an argmax
+    generated = model.generate(prompt, max_new_tokens=new, do_sample=False)
+    expected = prompt
+    for _ in range(new):  # no cache: the whole sequence again at every step
+        expected = torch.cat((expected, model(expected).logits[:, -1].argmax(-1, keepdim=True)), 1)
+    assert torch.equal(generated, expected)
+
+
+@presets
+@torch.no_grad()
+def test_save_and_load_round_trip(name, tmp_path):
+    model, x = make(name), tokens()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, NestedMemoryForCausalLM)
+    saved = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    assert saved.items() <= loaded.config.to_dict().items()
+    assert torch.equal(model(x).logits, loaded(x).logits)
+
+
+@presets
+@torch.no_grad()
+def test_left_padding_gives_the_unpadded_logits(name):
+    model, lengths = make(name), (T, 13)
+    x = tokens(b=2)
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, :T - lengths[1]] = 0
+    padded = model(x, attention_mask=mask).logits
+    for i, n in enumerate(lengths):
+        alone = model(x[i:i + 1, T - n:]).logits[0]
+        assert relative_error(alone, padded[i, T - n:]) < 1e-5
+
+
+def successor_sequences(generator, b=4, t=16, vocab=32):
+    """A fixed random permutation of ``vocab`` tokens gives the next token; the first token is random."""
+    successor = torch.randperm(vocab, generator=torch.Generator().manual_seed(0))
+    x = torch.empty(b, t, dtype=torch.long)
+    x[:, 0] = torch.randint(0, vocab, (b,), generator=generator)
+    for i in range(1, t):
+        x[:, i] = successor[x[:, i - 1]]
+    return x
+
+
+@presets
+def test_loss_falls_on_a_learnable_task(name):
+    torch.manual_seed(0)
+    model = from_preset(name)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator, losses = torch.Generator().manual_seed(1), []
+    for _ in range(30):
+        x = successor_sequences(generator)
+        loss = model(x, labels=x).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    final = sum(losses[-3:]) / 3
+    # below half the start (≈ ln 256) and below ln 32, the best guess that ignores the current token
+    assert final < 0.5 * losses[0] and final < math.log(32), losses
+
+
+@torch.no_grad()
+def test_loss_shifts_labels_and_ignores_minus_100():
+    model, x = make("titans-lmm"), tokens()
+    labels = x.clone()
+    labels[:, :5] = -100
+    out = model(x, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, 4:-1].flatten(0, 1), x[:, 5:].flatten())
+    torch.testing.assert_close(out.loss, expected)
+    loss, logits = model(x, labels=labels, return_dict=False)[:2]
+    assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
+
+
+@pytest.mark.parametrize("name, bound", [("titans-mac", 2 + 8), ("titans-mag", 4 - 1), ("moneta-h", 4 - 1)])
+@torch.no_grad()
+def test_decoding_cache_is_bounded(name, bound):
+    """SWA keeps ``window − 1`` keys; MAC keeps its current segment and its long-term tokens; memories stay O(1)."""
+    model = make(name)
+    out = model(tokens(b=1, t=3), use_cache=True)
+    shapes = None
+    for token in tokens(b=1, t=30, seed=3).split(1, 1):
+        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        entries = list(out.past_key_values.states.values())
+        if name == "titans-mac":
+            entries = [s for e in entries for s in e["inner"].states.values() if s is not None]
+        assert all(e["k"].shape[1] <= bound for e in entries if "k" in e)
+        now = [tuple(w.shape) for e in entries if "memory" in e for w in e["memory"].weights]
+        assert shapes is None or now == shapes
+        shapes = now
+
+
+@torch.no_grad()
+def test_mac_long_term_tokens_read_the_memory_without_writing():
+    """``h = M*(ℓ)`` is the memory state (mid-chunk, with momentum) applied to the queries, and changes nothing."""
+    mixer = make("titans-mac", torch.float64).model.layers[0].mixers[0].memory
+    _, _, cache = mixer(torch.randn(2, 11, 64, dtype=torch.float64), use_cache=True)
+    state = cache[1]["memory"]
+    weights = [w.clone() for w in state.weights]
+    x = torch.randn(2, 3, 64, dtype=torch.float64)
+    q = F.normalize(F.silu(mixer.q_proj(x)).unflatten(-1, (mixer.heads, mixer.head_dim)), dim=-1)
+    read, _ = nets.forward(mixer.rule, q.transpose(1, 2), q.transpose(1, 2), nets.explicit(state.weights))
+    expected = mixer.o_proj(mixer.norm(read.transpose(1, 2)).flatten(-2) * F.silu(mixer.g_proj(x)))
+    assert relative_error(expected, mixer.read(x, state)) < 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(weights, state.weights))
+
+
+def test_auto_classes_are_registered():
+    config = AutoConfig.for_model("nestedmemory", architecture="lmm")
+    assert isinstance(config, NestedMemoryConfig)
+    assert isinstance(AutoModel.from_config(config), NestedMemoryModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), NestedMemoryForCausalLM)
+
+
+BAD_CONFIGS = [
+    ("architecture", dict(architecture="rnn")),
+    ("head_dim", dict(hidden_size=66, num_heads=4)),
+    ("head_dim", dict(architecture="transformer", head_dim=15)),
+    ("window", dict(architecture="mag", window=0)),
+    ("window", dict(architecture="mal")),
+    ("num_kv_heads", dict(num_kv_heads=3)),
+    ("num_layers", dict(num_layers=0)),
+    ("segment_size", dict(architecture="mac", segment_size=0)),
+    ("persistent_tokens", dict(persistent_tokens=-1)),
+    ("memory_heads", dict(memory_heads=0)),
+    ("memory", dict(memory={"objective": "l3"})),
+    ("memory", dict(memory={"learning_rate": 0.1})),
+    ("memory", dict(memory={"retention": "kl", "learner": "momentum"})),
+    ("memory", dict(memory={"decay_init": 1.5})),
+]
+
+
+@pytest.mark.parametrize("field, kwargs", BAD_CONFIGS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CONFIGS)])
+def test_bad_configuration_names_the_field(field, kwargs):
+    with pytest.raises(ValueError, match=f"NestedMemoryConfig.{field}"):
+        NestedMemoryConfig(**kwargs)
+
+
+def test_memory_rule_errors_keep_their_detail():
+    with pytest.raises(ValueError, match=r"NestedMemoryConfig\.memory: MemoryRule\.objective='l3'"):
+        NestedMemoryConfig(memory={"objective": "l3"})
+
+
+def test_unknown_preset_or_size_lists_the_known_ones():
+    with pytest.raises(ValueError, match="titans-mac"):
+        from_preset("titans-xl")
+    with pytest.raises(ValueError, match="340m"):
+        preset_config("titans-lmm", size="7b")
+
+
+@presets
+def test_paper_sizes_match_the_tables_and_the_parameter_counts(name):
+    for size, nominal in NOMINAL.items():
+        config, table = preset_config(name, size), SIZES[size]
+        blocks = table["num_layers"] // (2 if config.architecture in TWO_MIXER_ARCHITECTURES else 1)
+        assert (config.num_layers, config.hidden_size, config.num_heads, config.vocab_size) == \
+            (blocks, table["hidden_size"], table["num_heads"], 32000)
+        assert abs(count_parameters(config) / nominal - 1) < 0.1, size
+
+
+def test_overrides_replace_preset_fields():
+    config = preset_config("titans-mag", "340m", window=512, intermediate_size=1024)
+    assert (config.window, config.intermediate_size) == (512, 1024)
