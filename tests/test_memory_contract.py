@@ -101,7 +101,7 @@ def call(**changes):
     (lambda: MemoryRule(learner="adam"), ValueError, "learner='adam'"),
     (lambda: MemoryRule(objective="cosine"), ValueError, "objective='cosine'"),
     (lambda: MemoryRule(retention="kl", learner="momentum"), ValueError, "retention='kl'"),
-    (lambda: MemoryRule(retention="lq", q=0.5), ValueError, "q must be >= 1"),
+    (lambda: MemoryRule(retention="lq", q=1.5), ValueError, "q must be >= 2"),
     (lambda: call(k=torch.randn(B, 6, H, D + 1, dtype=torch.float64)), ValueError, "q and k"),
     (lambda: call(v=torch.randn(B, 5, H, D, dtype=torch.float64)), ValueError, "v must be"),
     (lambda: call(q=torch.randn(B, 6, H, dtype=torch.float64)), ValueError, "q must be [batch, seq, heads, dim]"),

@@ -68,21 +68,19 @@ def run(rule, s, state, *, factors_at=None, segments=None):
     q, q_raw, lr, retain = chunks(grid(s.q)), chunks(grid(s.q_raw)), chunks(lr), chunks(retain)
 
     weights, momentum = list(state.weights), state.momentum
-    anchor, norm, lag_decay = state.anchor, state.norm, state.lag_decay
+    anchor, lag_acc, lag_decay = state.anchor, state.lag_acc, state.lag_decay
     outs = []
     for n in range(n_chunks):
         if lag[n]:
             point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
             first = {name: x[n][:, :, :1] for name, x in writes.items()}
             grads = [x.transpose(-1, -2) @ d for x, d in _factors(rule, point, first)]
-            weights, norm = lag_step(rule.retention, weights, grads, retain[n][:, :, :1], lr[n][:, :, :1],
+            weights, lag_acc = lag_step(rule.retention, weights, grads, retain[n][:, :, :1], lr[n][:, :, :1],
                                      q=rule.q, eps=rule.eps, shrink=rule.shrink)
             anchor, lag_decay = weights, 1.0
         elif not (n == 0 and off > 0):
             anchor = weights
         factors = factors_at(rule, anchor, {name: x[n] for name, x in writes.items()})
-        if norm is not None:
-            factors = [(x, d / nu) for (x, d), nu in zip(factors, norm)]
         chunk_coef = {name: x[n] for name, x in coef.items()}
         out, weights, momentum = segments[rule.learner](rule, q[n], q_raw[n], weights, momentum,
                                                         factors, chunk_coef)
@@ -91,10 +89,10 @@ def run(rule, s, state, *, factors_at=None, segments=None):
             lag_decay = lag_decay * _last(chunk_coef["beta"])
         if n < n_chunks - 1 or back == 0:
             if rule.is_lag:
-                weights = chunk_end(rule.retention, weights, anchor, norm, lag_decay)
-            anchor = norm = lag_decay = None
+                weights = chunk_end(rule.retention, weights, anchor, lag_acc, lag_decay)
+            anchor = lag_acc = lag_decay = None
     out = torch.cat(outs, dim=2)[:, :, off:off + t_len]
-    return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, norm=norm,
+    return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, lag_acc=lag_acc,
                         lag_decay=lag_decay, offset=(off + t_len) % c)
 
 

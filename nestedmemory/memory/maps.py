@@ -30,10 +30,24 @@ def newton_schulz(s, steps: int):
     return x.to(s.dtype)
 
 
-def lq_norm(acc, q: float, eps: float):
-    """Moneta's normaliser ``ν(A) = ‖A‖_q^{q−2}`` per matrix (Miras Eq. 25), ``‖A‖_q`` floored at ``eps``."""
-    norm = acc.abs().pow(q).sum((-2, -1), keepdim=True).pow(1.0 / q)
-    return norm.clamp_min(eps).pow(q - 2)
+def lq_link(acc, q: float, eps: float):
+    """Moneta's map from the accumulator to the memory, ``W = sign(A) |A|^{q−1} / ‖A‖_q^{q−2}`` per matrix
+    (Miras Eq. 25 with the element-wise power of the L_q link restored, see docs/decisions.md): homogeneous of degree
+    1 (``‖W‖_{q/(q−1)} = ‖A‖_q``), the identity at q = 2; ``‖A‖_q`` is floored at ``eps``."""
+    if q == 2:
+        return acc
+    norm = acc.abs().pow(q).sum((-2, -1), keepdim=True).pow(1.0 / q).clamp_min(eps)
+    return torch.sign(acc) * acc.abs().pow(q - 1) / norm.pow(q - 2)
+
+
+def lq_link_inverse(w, q: float, eps: float):
+    """The accumulator of a memory: ``A = sign(W) |W|^{p−1} / ‖W‖_p^{p−2}`` with ``p = q/(q−1)`` (the dual link),
+    so that ``lq_link(lq_link_inverse(W)) = W``."""
+    if q == 2:
+        return w
+    p = q / (q - 1)
+    norm = w.abs().pow(p).sum((-2, -1), keepdim=True).pow(1.0 / p).clamp_min(eps)
+    return torch.sign(w) * w.abs().pow(p - 1) / norm.pow(p - 2)
 
 
 def soft_threshold(z, gamma: float):
@@ -47,33 +61,34 @@ def lag_step(retention: str, weights, grads, retain, lr, *, q: float, eps: float
     """The exact single-token update of a lag token (the first token of a chunk) for the Miras retentions.
 
     ``weights`` is the state at the chunk boundary (Moneta: the accumulator ``A``) and ``grads`` the token's
-    surprise ``∇ℓ`` at the memory ``W`` it defines. Returns ``(W_lag, norm)``:
+    surprise ``∇ℓ`` at the memory ``W`` it defines. Returns ``(W_lag, A_lag)``:
     ``kl``: ``W_lag = softmax((1−α) log W − θ ∇ℓ)`` over the output axis (Miras Eq. 21/27);
-    ``lq``: ``A_lag = (1−α) A − θ ∇ℓ``, ``W_lag = A_lag / ν(A_lag)`` (Eq. 24-25), ``norm = ν(A_lag)``;
-    ``elastic``: ``W_lag = S_γ((1−α) W − θ ∇ℓ)`` (Eq. 22).
+    ``lq``: ``A_lag = (1−α) A − θ ∇ℓ``, ``W_lag = link(A_lag)`` (Eq. 24-25);
+    ``elastic``: ``W_lag = S_γ((1−α) W − θ ∇ℓ)`` (Eq. 22). ``A_lag`` is Moneta's accumulator, else ``None``.
     """
     if retention == "kl":
         return [torch.softmax(retain * torch.log(w) - lr * g, dim=-1) for w, g in zip(weights, grads)], None
     if retention == "lq":
         acc = [retain * w - lr * g for w, g in zip(weights, grads)]
-        norm = [lq_norm(a, q, eps) for a in acc]
-        return [a / n for a, n in zip(acc, norm)], norm
+        return [lq_link(a, q, eps) for a in acc], acc
     return [soft_threshold(retain * w - lr * g, shrink) for w, g in zip(weights, grads)], None
 
 
 def memory_of(retention: str, weights, *, q: float, eps: float):
-    """The memory a chunk-boundary state defines: ``A / ν(A)`` for ``lq``, the weights otherwise."""
+    """The memory a chunk-boundary state defines: ``link(A)`` for ``lq``, the weights otherwise."""
     if retention == "lq":
-        return [w / lq_norm(w, q, eps) for w in weights]
+        return [lq_link(w, q, eps) for w in weights]
     return weights
 
 
-def chunk_end(retention: str, weights, anchor, norm, lag_decay):
-    """The state written at the end of a chunk of a lag rule, from the linear-phase weights ``W_b``:
-    ``kl``: ``softmax(W_b + β (log W_lag − W_lag))``, i.e. the chunk's accumulated update applied in log space
-    (``β`` the decay product since the lag token); ``lq``: the accumulator ``ν_lag W_b``; ``elastic``: ``W_b``."""
+def chunk_end(retention: str, weights, anchor, lag_acc, lag_decay):
+    """The state written at the end of a chunk of a lag rule, from the linear-phase weights ``W_b`` (the chunk's
+    updates applied to ``W_lag`` as plain decayed GD, "inside a chunk treat q = 2"): the same updates applied in the
+    map's own space, ``β`` being the decay product since the lag token.
+    ``kl``: ``softmax(W_b + β (log W_lag − W_lag))`` (log space); ``lq``: the accumulator ``W_b + β (A_lag − W_lag)``;
+    ``elastic``: ``W_b``."""
     if retention == "kl":
         return [torch.softmax(w + lag_decay * (torch.log(a) - a), dim=-1) for w, a in zip(weights, anchor)]
     if retention == "lq":
-        return [w * n for w, n in zip(weights, norm)]
+        return [w + lag_decay * (acc - a) for w, acc, a in zip(weights, lag_acc, anchor)]
     return weights

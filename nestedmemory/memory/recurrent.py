@@ -20,7 +20,7 @@ from .objectives import loss
 def run(rule, s, state):
     outer = torch.is_grad_enabled()
     weights, momentum = list(state.weights), state.momentum
-    anchor, norm, lag_decay, offset = state.anchor, state.norm, state.lag_decay, state.offset
+    anchor, lag_acc, lag_decay, offset = state.anchor, state.lag_acc, state.lag_decay, state.offset
     outs = []
     for j in range(s.q.shape[2]):
         pos = s.halo + j
@@ -29,7 +29,7 @@ def run(rule, s, state):
         if offset == 0 and rule.is_lag:
             point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
             grads, _ = surprise(rule, s, point, [pos], None, outer)
-            weights, norm = lag_step(rule.retention, weights, grads, retain, lr,
+            weights, lag_acc = lag_step(rule.retention, weights, grads, retain, lr,
                                      q=rule.q, eps=rule.eps, shrink=rule.shrink)
             anchor, lag_decay = weights, torch.ones_like(retain)
         else:
@@ -38,8 +38,6 @@ def run(rule, s, state):
             index = [pos - r for r in range(rule.window) if pos - r >= 0]
             gamma = None if s.window is None else s.window[:, :, j, :len(index)]
             grads, inputs = surprise(rule, s, anchor, index, gamma, outer)
-            if norm is not None:
-                grads = [g / n for g, n in zip(grads, norm)]
             weights, momentum = learn(rule, weights, momentum, grads, inputs, lr, retain, mom)
             if lag_decay is not None:
                 lag_decay = lag_decay * retain
@@ -48,11 +46,11 @@ def run(rule, s, state):
         offset += 1
         if offset == rule.chunk_size:
             if rule.is_lag:
-                weights = chunk_end(rule.retention, weights, anchor, norm, lag_decay)
-            anchor = norm = lag_decay = None
+                weights = chunk_end(rule.retention, weights, anchor, lag_acc, lag_decay)
+            anchor = lag_acc = lag_decay = None
             offset = 0
     out = torch.cat(outs, dim=2) if outs else s.q.new_zeros(*s.q.shape[:3], s.v.shape[-1])
-    return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, norm=norm,
+    return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, lag_acc=lag_acc,
                         lag_decay=lag_decay, offset=offset)
 
 

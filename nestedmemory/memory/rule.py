@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .maps import lq_link_inverse
 from .state import MemoryState
 
 MEMORIES = ("linear", "mlp")
@@ -49,7 +50,7 @@ class MemoryRule:
     ``robust``: ``½‖e‖² + Δ_t sqrt(‖e‖² + ε)`` (value-shift robust, Miras Eq. 17).
 
     Retention: ``none``; ``decay`` (``W ← (1 − α_t) W``, Titans' forget gate); ``lq`` (Moneta: accumulator
-    ``A``, memory ``W = A / ‖A‖_q^{q−2}``); ``kl`` (Memora: ``W ← softmax((1 − α_t) log W − θ_t ∇ℓ)`` over the
+    ``A``, memory ``W = sign(A)|A|^{q−1} / ‖A‖_q^{q−2}``); ``kl`` (Memora: ``W ← softmax((1 − α_t) log W − θ_t ∇ℓ)`` over the
     output axis); ``elastic`` (``W ← S_γ((1 − α_t) W − θ_t ∇ℓ)``, Miras Eq. 22). The non-linear maps of ``lq``,
     ``kl`` and ``elastic`` are applied on the first token of every chunk (Memora's lag token); see
     ``docs/decisions.md``.
@@ -104,8 +105,9 @@ class MemoryRule:
             raise ValueError(f"MemoryRule.ns_steps must be an integer >= 1, got {self.ns_steps!r}")
         if not self.p >= 1:
             raise ValueError(f"MemoryRule.p must be >= 1 (ℓ_p attentional bias), got {self.p!r}")
-        if not self.q >= 1:
-            raise ValueError(f"MemoryRule.q must be >= 1 (L_q retention), got {self.q!r}")
+        if not self.q >= 2:
+            raise ValueError(f"MemoryRule.q must be >= 2 (L_q retention: |A|^(q-1) is not differentiable at 0 "
+                             f"below 2), got {self.q!r}")
         if not self.eps > 0:
             raise ValueError(f"MemoryRule.eps must be > 0, got {self.eps!r}")
         if not self.shrink >= 0:
@@ -163,7 +165,8 @@ class MemoryRule:
                    dtype: torch.dtype = torch.float32, device=None,
                    generator: torch.Generator | None = None) -> MemoryState:
         """A fresh state: zeros for the matrix memory, ``N(0, 1/in)`` for MLP layers, the uniform distribution
-        for ``kl`` (Memora), zero momentum; no stored keys (``N = 0``) for the ``exp`` kernel memory."""
+        for ``kl`` (Memora), zero momentum; no stored keys (``N = 0``) for the ``exp`` kernel memory. For ``lq``
+        (Moneta) the state is the accumulator whose memory is that."""
         if self.feature_map == "exp":
             value_dim = head_dim if value_dim is None else value_dim
             return MemoryState(weights=[torch.zeros(batch, heads, 0, dim, dtype=dtype, device=device)
@@ -177,6 +180,8 @@ class MemoryRule:
                 w = torch.zeros(shape, dtype=dtype, device=device)
             else:
                 w = torch.randn(shape, dtype=dtype, device=device, generator=generator) / math.sqrt(d_in)
+                if self.retention == "lq":
+                    w = lq_link_inverse(w, self.q, self.eps)
             weights.append(w)
         momentum = [torch.zeros_like(w) for w in weights] if self.uses_momentum else None
         return MemoryState(weights=weights, momentum=momentum)

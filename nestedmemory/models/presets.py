@@ -42,7 +42,7 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "atlas": ("mag", ATLAS),
     "atlas-mal": ("mal", ATLAS),
     "atlas++": ("mag", dict(ATLAS, gated=True)),
-    "dla": ("lmm", dict(MLP, objective="dot", retention="decay", learner="gd")),
+    "dla": ("lmm", dict(MLP, objective="dot", retention="decay", learner="gd", lr_init=0.01)),  # see decisions
     "deeptransformer": ("lmm", dict(EXP, learner="gd")),
     "dot": ("lmm", dict(EXP, learner="dgd")),
     "swdt": ("lmm", dict(EXP, learner="omega", window=4)),
