@@ -14,7 +14,10 @@ How.
   checks that the outputs, the final state and all gradients are finite, and aborts otherwise.
 * Timing: flush-denormal on, ``torch.set_num_threads`` = physical cores; per (rule, T) one warm-up per path, then
   chunked and recurrent runs alternate for ``--repeats`` rounds (fewer when a warm-up exceeds ``SLOW_S``); the
-  median is reported.
+  median is reported. Each run first waits until other processes leave the CPUs idle (/proc/stat) and is redone
+  if one competed during it (Linux PSI: tasks waited for a CPU > ``CONTENDED`` of its time); the waiting has a
+  total budget (``--max-wait``), after which contended runs are kept and counted. On a shared 2-core machine
+  every op's two OpenMP threads wait for each other, so contention slows runs by 10-100x.
 * Peak memory: every (rule, T, path) runs once more in a fresh subprocess. After imports, input creation and a
   one-chunk warm-up (lazy library initialisation), freed heap memory is returned to the OS (``malloc_trim``) and
   the kernel's resident-set high-water mark is reset (``/proc/self/clear_refs``); peak = ``VmHWM`` after the
@@ -30,6 +33,7 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
+import hashlib
 import json
 import math
 import os
@@ -51,6 +55,8 @@ T_FULL = (512, 1024, 2048, 4096, 8192)
 T_QUICK = (512, 1024)
 PATHS = ("chunked", "recurrent")
 SLOW_S, SLOW_REPEATS = 10.0, 3          # a config whose warm-up takes longer than SLOW_S runs at most 3 rounds
+PRESSURE = Path("/proc/pressure/cpu")
+CONTENDED, BUSY_MAX, IDLE_PROBE_S, WAIT_CAP_S, RETRIES = 0.05, 0.2, 1.0, 60.0, 3
 SPEEDUP_TARGET, SPEEDUP_T = 20.0, 1024
 MEMORY_TARGET, MEMORY_T = 9.0, (1024, 8192)
 MATMUL_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::mv", "aten::dot"}
@@ -96,6 +102,29 @@ def setup_torch() -> dict:
     threads = physical_cores()
     torch.set_num_threads(threads)
     return {"threads": threads, "flush_denormal": flush}
+
+
+def cpu_load() -> dict:
+    """Load average and CPU pressure (share of time runnable tasks waited for a CPU): other processes on the
+    machine distort timings, badly so for the recurrent path's many small multi-threaded ops."""
+    load = {"loadavg_1m": os.getloadavg()[0]}
+    try:
+        some = PRESSURE.read_text().splitlines()[0].split()
+        load["cpu_pressure_avg60_pct"] = float(dict(f.split("=") for f in some[1:])["avg60"])
+    except (OSError, IndexError, KeyError, ValueError):
+        pass
+    return load
+
+
+def source_info() -> dict:
+    """Which ``nestedmemory`` was measured: its location, a digest of its sources and the repository HEAD."""
+    import nestedmemory
+
+    root = Path(nestedmemory.__file__).resolve().parent
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(root.rglob("*.py")))).hexdigest()[:16]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                          capture_output=True, text=True).stdout.strip()
+    return {"package_dir": str(root), "sources_sha256_16": digest, "repo_head": head or None}
 
 
 def machine_info(setup: dict) -> dict:
@@ -180,22 +209,67 @@ def run_once(rule: MemoryRule, case: Case, mode: str, check: bool = False) -> fl
     return seconds
 
 
-def time_config(rule: MemoryRule, t: int, paths, repeats: int) -> dict:
-    """Warm-up per path, then ``repeats`` interleaved rounds; {path: {"warmup_s", "times_s"}}."""
-    case = make_case(rule, t)
-    warm = {}
-    for path in paths:
-        warm[path] = run_once(rule, case, path, check=True)
+def cpu_stall_us() -> int | None:
+    """Cumulative microseconds during which some runnable task waited for a CPU (Linux PSI), None without PSI."""
+    try:
+        return int(PRESSURE.read_text().split()[4].partition("=")[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_busy_s() -> float:
+    """Non-idle CPU seconds summed over all CPUs since boot (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class IdleGate:
+    """Waits until other processes use less than ``BUSY_MAX`` CPUs over an ``IDLE_PROBE_S`` probe (this process
+    sleeps meanwhile, so all the load is theirs): at most ``WAIT_CAP_S`` per wait and ``budget_s`` in total."""
+
+    def __init__(self, budget_s: float):
+        self.left = budget_s
+
+    def wait(self) -> float:
+        """Seconds waited (0 on an idle machine or once the budget is spent)."""
+        waited = 0.0
+        while self.left > 0 and waited < WAIT_CAP_S:
+            before = cpu_busy_s()
+            time.sleep(IDLE_PROBE_S)
+            if (cpu_busy_s() - before) / IDLE_PROBE_S < BUSY_MAX:
+                break
+            waited += IDLE_PROBE_S
+            self.left -= IDLE_PROBE_S
+        return waited
+
+
+def timed_run(rule: MemoryRule, case: Case, mode: str, gate: IdleGate, check: bool = False) -> dict:
+    """``run_once`` on an idle machine. A run during which tasks waited for a CPU more than ``CONTENDED`` of its
+    time (other processes competing) is redone, at most ``RETRIES`` times while the gate's budget lasts."""
+    for attempt in range(1, RETRIES + 2):
+        waited = gate.wait()
+        before = cpu_stall_us()
+        seconds = run_once(rule, case, mode, check)
+        contention = None if before is None else (cpu_stall_us() - before) / 1e6 / seconds
         gc.collect()
+        if contention is None or contention <= CONTENDED or gate.left <= 0:
+            break
+    return {"s": seconds, "contention": contention, "attempts": attempt, "waited_s": waited}
+
+
+def time_config(rule: MemoryRule, t: int, paths, repeats: int, gate: IdleGate) -> dict:
+    """Warm-up per path, then ``repeats`` interleaved rounds; {path: {"warmup_s", "times_s", "runs"}}."""
+    case = make_case(rule, t)
+    warm = {path: timed_run(rule, case, path, gate, check=True)["s"] for path in paths}
     rounds = min(repeats, SLOW_REPEATS) if max(warm.values()) > SLOW_S else repeats
-    times = {path: [] for path in paths}
+    runs = {path: [] for path in paths}
     for _ in range(rounds):
         for path in paths:
-            times[path].append(run_once(rule, case, path))
-            gc.collect()
+            runs[path].append(timed_run(rule, case, path, gate))
     del case
     release_memory()
-    return {path: {"warmup_s": warm[path], "times_s": times[path]} for path in paths}
+    return {path: {"warmup_s": warm[path], "times_s": [r["s"] for r in runs[path]], "runs": runs[path]}
+            for path in paths}
 
 
 # ---------------------------------------------------------------------------------------------- peak memory
@@ -238,8 +312,9 @@ def chunked_fwd_flops(rule: MemoryRule, t: int) -> int:
     return 2 * macs * B * H * math.ceil(t / c)
 
 
-def matmul_peak(rounds: int = 15) -> dict:
-    """Median fp32 GFLOP/s of a 1024³ matmul and of the realistic batched [16, 64, 64] @ [16, 64, 64]."""
+def matmul_peak(gate: IdleGate, rounds: int = 15) -> dict:
+    """fp32 GFLOP/s of a 1024³ matmul and of the realistic batched [16, 64, 64] @ [16, 64, 64]: the best of
+    ``rounds`` timings (other processes can only slow a round down), with the median alongside."""
     shapes = {"matmul_1024x1024x1024": ((1024, 1024), 1),
               "bmm_16x64x64": ((B * H, CHUNK, D), 200)}
     peaks = {}
@@ -249,14 +324,21 @@ def matmul_peak(rounds: int = 15) -> dict:
         flops = 2 * math.prod(shape) * shape[-1] * calls
         for _ in range(3):
             torch.matmul(a, b, out=out)
+        gate.wait()
         times = []
         for _ in range(rounds):
             start = time.perf_counter()
             for _ in range(calls):
                 torch.matmul(a, b, out=out)
             times.append(time.perf_counter() - start)
-        peaks[name] = {"gflops": flops / statistics.median(times) / 1e9, "times_s": times, "calls": calls}
+        peaks[name] = {"gflops": flops / min(times) / 1e9, "median_gflops": flops / statistics.median(times) / 1e9,
+                       "times_s": times, "calls": calls}
     return peaks
+
+
+def best_peak(*measurements: dict) -> dict:
+    """Per shape, the measurement with the highest GFLOP/s (the peak is taken before and after the runs)."""
+    return {name: max((m[name] for m in measurements), key=lambda p: p["gflops"]) for name in measurements[0]}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -267,6 +349,7 @@ def summarise(timings: dict, peaks: dict, matmul: dict) -> list[dict]:
         median = {path: statistics.median(r["times_s"]) for path, r in per_path.items()}
         for path, r in per_path.items():
             row = {"rule": rule_name, "T": t, "path": path, "tokens": B * t, **r, "median_s": median[path],
+                   "contended_runs": sum((x["contention"] or 0) > CONTENDED for x in r["runs"]),
                    "tokens_per_s": B * t / median[path], **peaks[rule_name, t, path]}
             if path == "chunked":
                 fwd = chunked_fwd_flops(RULES[rule_name], t)
@@ -299,14 +382,15 @@ def targets(rows: list[dict]) -> dict:
 def print_table(rows: list[dict], matmul: dict) -> None:
     names = list(matmul)
     header = (f"{'rule':<7}{'T':>6}  {'path':<10}{'tokens/s':>11}{'peak MB':>10}{'speedup':>9}{'GFLOP/s':>9}"
-              f"{'%1024mm':>9}{'%bmm64':>8}{'repeats':>8}")
+              f"{'%1024mm':>9}{'%bmm64':>8}{'repeats':>8}{'contended':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
         fmt = lambda key, spec: format(r[key], spec) if key in r else "-"  # noqa: E731
         print(f"{r['rule']:<7}{r['T']:>6}  {r['path']:<10}{r['tokens_per_s']:>11,.0f}"
               f"{r['peak_bytes'] / 2**20:>10.1f}{fmt('speedup_vs_recurrent', '.1f'):>9}{fmt('gflops', '.2f'):>9}"
-              f"{fmt('pct_of_' + names[0], '.1f'):>9}{fmt('pct_of_' + names[1], '.1f'):>8}{len(r['times_s']):>8}")
+              f"{fmt('pct_of_' + names[0], '.1f'):>9}{fmt('pct_of_' + names[1], '.1f'):>8}"
+              f"{len(r['times_s']):>8}{r['contended_runs']:>10}")
 
 
 def print_targets(result: dict) -> None:
@@ -341,9 +425,13 @@ def benchmark(args) -> None:
           f"(at most {SLOW_REPEATS} when a warm-up exceeds {SLOW_S:.0f}s); median reported")
     print(f"recurrent path runs only for T <= {args.recurrent_max_t} (it materialises per-token weights); "
           "the chunked path runs every T")
-    matmul = matmul_peak()
-    for name, p in matmul.items():
-        print(f"fp32 peak {name}: {p['gflops']:.1f} GFLOP/s")
+    load_start = cpu_load()
+    print(f"nestedmemory: {source_info()['package_dir']}; machine load at start: {load_start}")
+    max_wait = args.max_wait if args.max_wait is not None else (30.0 if args.quick else 900.0)
+    print(f"each run waits for CPUs free of other processes (their use < {BUSY_MAX} CPU) and is redone if "
+          f"contended (PSI stall > {CONTENDED:.0%} of the run), up to {max_wait:.0f}s of waiting in total")
+    gate = IdleGate(max_wait)
+    matmul_before = matmul_peak(gate)
 
     started = time.perf_counter()
     timings, peaks, skipped = {}, {}, []
@@ -352,32 +440,44 @@ def benchmark(args) -> None:
             paths = [p for p in PATHS if p == "chunked" or t <= args.recurrent_max_t]
             skipped += [{"rule": rule_name, "T": t, "path": p, "reason": "T > --recurrent-max-t"}
                         for p in PATHS if p not in paths]
-            timings[rule_name, t] = time_config(rule, t, paths, repeats)
+            timings[rule_name, t] = time_config(rule, t, paths, repeats, gate)
             for path in paths:
                 peaks[rule_name, t, path] = measure_peak(rule_name, t, path)
-            done = ", ".join(f"{p} {statistics.median(r['times_s']):.3f}s"
+            done = ", ".join(f"{p} {statistics.median(r['times_s']):.3f}s (redone "
+                             f"{sum(x['attempts'] - 1 for x in r['runs'])}, waited "
+                             f"{sum(x['waited_s'] for x in r['runs']):.0f}s)"
                              for p, r in timings[rule_name, t].items())
-            print(f"  {rule_name} T={t}: {done}  [{time.perf_counter() - started:.0f}s elapsed]", flush=True)
+            print(f"  {rule_name} T={t}: {done}  [{time.perf_counter() - started:.0f}s elapsed, "
+                  f"wait budget left {gate.left:.0f}s]", flush=True)
 
+    matmul = best_peak(matmul_before, matmul_peak(gate))
+    for name, p in matmul.items():
+        print(f"fp32 peak {name}: {p['gflops']:.1f} GFLOP/s (best round, best of before/after the runs)")
     rows = summarise(timings, peaks, matmul)
     result = targets(rows)
-    print()
+    load_end = cpu_load()
+    print(f"\nmachine load at end: {load_end}")
     print_table(rows, matmul)
     print("\nspeedup = recurrent median / chunked median; peak MB = extra resident memory of one fwd+bwd "
-          "(fresh subprocess, RSS high-water mark); GFLOP/s = counted chunked matmul FLOPs (fwd+bwd = 3x fwd)")
+          "(fresh subprocess, RSS high-water mark); GFLOP/s = counted chunked matmul FLOPs (fwd+bwd = 3x fwd); "
+          "contended = kept runs during which other processes competed for the CPUs")
     print("targets:")
     print_targets(result)
 
-    out = Path(args.out) if args.out else RESULTS / ("memory_core_quick.json" if args.quick else "memory_core.json")
+    default = "memory_core_quick.json" if args.quick else "memory_core.json"
+    out = Path(args.out) if args.out else RESULTS / default
     write_json(out, {
         "benchmark": "memory_core",
         "settings": {"B": B, "H": H, "D": D, "chunk_size": CHUNK, "mlp_expansion": EXPANSION, "T": list(lengths),
                      "repeats": repeats, "slow_warmup_s": SLOW_S, "slow_repeats": SLOW_REPEATS,
-                     "recurrent_max_t": args.recurrent_max_t, "quick": args.quick,
+                     "recurrent_max_t": args.recurrent_max_t, "quick": args.quick, "max_wait_s": max_wait,
+                     "contended_stall_share": CONTENDED, "idle_busy_max_cpus": BUSY_MAX,
+                     "wait_cap_s": WAIT_CAP_S, "retries": RETRIES,
                      "rules": {name: repr(rule) for name, rule in RULES.items()},
                      "loss": "out.square().mean()", "statistic": "median",
                      "order": "per (rule, T): one warm-up per path, then chunked/recurrent interleaved"},
-        "machine": machine_info(setup),
+        "machine": {**machine_info(setup), "load_start": load_start, "load_end": load_end},
+        "source": source_info(),
         "matmul_peak": matmul,
         "peak_memory_method": PEAK_METHOD,
         "flop_method": FLOP_METHOD,
@@ -390,26 +490,28 @@ def benchmark(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- profile
-def profile(rule_name: str, t: int, rows: int = 15) -> None:
+def profile(rule_name: str, t: int, max_wait: float, rows: int = 15) -> None:
     """Profile one chunked fwd+bwd (after a warm-up) and split its time into matmuls, other ops, overhead."""
     setup_torch()
     rule = RULES[rule_name]
     case = make_case(rule, t)
     run_once(rule, case, "chunked", check=True)
-    wall = statistics.median(run_once(rule, case, "chunked") for _ in range(5))
+    gate = IdleGate(max_wait)
+    wall = statistics.median(timed_run(rule, case, "chunked", gate)["s"] for _ in range(5))
+    gate.wait()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run_once(rule, case, "chunked")
+        profiled = run_once(rule, case, "chunked")
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
     ops = [e for e in events if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in ops) / 1e6
     matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMUL_OPS) / 1e6
-    calls = sum(e.count for e in ops)
-    print(f"{rule_name} chunked fwd+bwd T={t}: unprofiled median {wall * 1e3:.1f} ms; aten self time "
-          f"{total * 1e3:.1f} ms over {calls} op calls (profiled)")
-    print(f"  matmuls {matmul * 1e3:.1f} ms ({100 * matmul / wall:.0f}% of wall), other aten ops "
-          f"{(total - matmul) * 1e3:.1f} ms ({100 * (total - matmul) / wall:.0f}%), outside ops (Python, "
-          f"dispatch, autograd engine) ~{max(wall - total, 0) * 1e3:.1f} ms ({100 * max(wall - total, 0) / wall:.0f}%)")
+    outside = max(profiled - total, 0.0)
+    print(f"{rule_name} chunked fwd+bwd T={t}: unprofiled median {wall * 1e3:.1f} ms, profiled run "
+          f"{profiled * 1e3:.1f} ms with {sum(e.count for e in ops)} aten op calls; shares of the profiled run:")
+    print(f"  matmuls {matmul * 1e3:.1f} ms ({100 * matmul / profiled:.0f}%), other aten ops "
+          f"{(total - matmul) * 1e3:.1f} ms ({100 * (total - matmul) / profiled:.0f}%), outside aten ops (Python, "
+          f"dispatch, autograd engine, profiler) {outside * 1e3:.1f} ms ({100 * outside / profiled:.0f}%)")
 
 
 def main(argv=None) -> None:
@@ -420,7 +522,10 @@ def main(argv=None) -> None:
     parser.add_argument("--recurrent-max-t", type=int, default=1024, help="longest T for the recurrent path")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/memory_core.json, "
                                       "memory_core_quick.json with --quick)")
-    parser.add_argument("--profile", choices=sorted(RULES), help="profile one chunked fwd+bwd of this rule and exit")
+    parser.add_argument("--max-wait", type=float, help="total seconds the run may wait for CPUs free of other "
+                                                         "processes (default 900, --quick 30)")
+    parser.add_argument("--profile", choices=sorted(RULES),
+                        help="profile one chunked fwd+bwd of this rule and exit")
     parser.add_argument("--profile-t", type=int, default=1024, help="T of --profile")
     parser.add_argument("--peak-child", nargs=3, metavar=("RULE", "T", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -428,7 +533,7 @@ def main(argv=None) -> None:
         rule_name, t, path = args.peak_child
         peak_child(rule_name, int(t), path)
     elif args.profile:
-        profile(args.profile, args.profile_t)
+        profile(args.profile, args.profile_t, 300.0 if args.max_wait is None else args.max_wait)
     else:
         benchmark(args)
 
