@@ -359,26 +359,6 @@ def counted_flops(module, b: int, t: int) -> int | None:
         return None
 
 
-def matmul_peak(rounds: int = 15) -> dict:
-    """Median fp32 GFLOP/s of a 1024³ matmul and of the batched [16, 64, 64] @ [16, 64, 64] (the shapes of
-    ``memory_core.matmul_peak``; measured here without its idle-CPU wait, whose interface is in flux)."""
-    shapes = {"matmul_1024x1024x1024": ((1024, 1024), 1), "bmm_16x64x64": ((CMP_B * HEADS, CHUNK, HEAD_DIM), 200)}
-    peaks = {}
-    for name, (shape, calls) in shapes.items():
-        a, b, out = torch.randn(shape), torch.randn(shape), torch.empty(shape)
-        flops = 2 * math.prod(shape) * shape[-1] * calls
-        for _ in range(3):
-            torch.matmul(a, b, out=out)
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                torch.matmul(a, b, out=out)
-            times.append(time.perf_counter() - start)
-        peaks[name] = {"gflops": flops / statistics.median(times) / 1e9, "times_s": times, "calls": calls}
-    return peaks
-
-
 # ---------------------------------------------------------------------------------------------- crossovers
 def crossover(ts, mixer_tps, attn_tps) -> dict:
     """Shortest measured T from which on the mixer's tokens/s exceeds attention's at every longer measured T, and
@@ -416,6 +396,13 @@ def cross_text(c: dict) -> str:
     if c.get("estimate"):
         return f"~{fmt_t(c['estimate'])} (faster from T={fmt_t(c['measured'])} on; {c['kind']})"
     return f"<= {fmt_t(c['measured'])} ({c['kind']})"
+
+
+def sweep_cells(lengths, rows) -> list[str]:
+    """One table cell per T: tokens/s, the skip status, or '-' when not run."""
+    by_t = {r["T"]: r for r in rows}
+    return ["-" if by_t.get(t) is None else f"{by_t[t]['tokens_per_s']:,.0f}" if by_t[t].get("tokens_per_s")
+            else by_t[t]["status"] for t in lengths]
 
 
 def fmt_t(t) -> str:
@@ -615,12 +602,7 @@ def print_sweep(payload) -> None:
     print(header)
     print("-" * len(header))
     for name, rows in sw["rows"].items():
-        by_t = {r["T"]: r for r in rows}
-        cells = []
-        for t in sw["T"]:
-            r = by_t.get(t)
-            cells.append("-" if r is None else f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s")
-                         else r["status"])
+        cells = sweep_cells(sw["T"], rows)
         c = sw.get("crossover", {}).get(name)
         cross = "" if c is None else cross_text(c)
         print(f"{name:<18}" + "".join(f"{x:>10}" for x in cells) + "   " + cross)
@@ -647,7 +629,7 @@ def benchmark(args) -> None:
                    "contention": "share of a run's wall time during which some task waited for a CPU (PSI)",
                    "peak_memory": mc.PEAK_METHOD, "flops": layer_fwd_flops.__doc__.strip()}}
     before = load_now()
-    payload["matmul_peak"] = matmul_peak()
+    payload["matmul_peak"] = mc.matmul_peak()
     payload["matmul_peak_load"] = {"before": before, "after": load_now()}
     for name, p in payload["matmul_peak"].items():
         print(f"fp32 peak {name}: {p['gflops']:.1f} GFLOP/s ({threads} thread(s))")
@@ -693,12 +675,7 @@ def markdown(path: Path) -> None:
         print("\n| mixer | " + " | ".join(fmt_t(t) for t in sw["T"]) + " | crossover vs attention |")
         print("|---|" + "---:|" * len(sw["T"]) + "---|")
         for name, rows in sw["rows"].items():
-            by_t = {r["T"]: r for r in rows}
-            cells = []
-            for t in sw["T"]:
-                r = by_t.get(t)
-                cells.append("-" if r is None else f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s")
-                             else r["status"])
+            cells = sweep_cells(sw["T"], rows)
             c = crossovers(sw).get(name)
             cross = "(reference)" if c is None else cross_text(c)
             print(f"| {name} | " + " | ".join(cells) + f" | {cross} |")
