@@ -12,6 +12,7 @@ from .cache import LayerStates
 from .common import Gate, RMSNorm, ShortConvolution, left_aligned
 from .memory import MemoryMixer, NeuralMemory
 from .rope import apply_rope
+from .tnt import TNTMemory
 
 __all__ = ["Attention", "Gate", "LayerStates", "MemoryMixer", "NeuralMemory", "RMSNorm", "ShortConvolution",
-           "apply_rope", "left_aligned"]
+           "TNTMemory", "apply_rope", "left_aligned"]

@@ -45,9 +45,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))  # at least fp32; fp64 stays fp64
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x * self.weight.float()).to(dtype)
+        return (x * self.weight.to(x.dtype)).to(dtype)
 
 
 def logit(p: float) -> float:

@@ -20,36 +20,26 @@ from .cache import LayerStates
 from .common import Gate, RMSNorm, ShortConvolution, left_aligned
 
 
-class MemoryMixer(nn.Module):
-    """A multi-head associative-memory layer running ``rule`` (one independent memory per head).
+def frozen(gates: dict) -> dict:
+    """``gates`` with zero lr, decay and momentum: a ``memorize`` call then reads its initial state without
+    changing it, for every rule (Titans Eq. 15, "forward pass without weight update")."""
+    return {name: torch.zeros_like(g) if name in ("lr", "decay", "momentum") else g for name, g in gates.items()}
 
-    Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``: a chunk of
-    C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
-    (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9): with these the memory keeps
-    its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
-    rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
-    (Titans: SiLU on q, k and v)."""
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
-                 conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,
-                 gate_rank: int = 32, lr_init: float | None = None, lr_max: float | None = None,
-                 decay_init: float = 0.001,
-                 momentum_init: float = 0.9, threshold_init: float = 1.0, shift_init: float = 0.1,
-                 layer_idx: int = 0):
-        super().__init__()
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
-            head_dim = dim // num_heads
-        if num_heads < 1 or head_dim < 1:
-            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
-        if activation not in (None, "silu"):
-            raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
-        self.rule, self.heads, self.head_dim, self.layer_idx = rule, num_heads, head_dim, layer_idx
-        self.activation = activation
-        inner = num_heads * head_dim
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner, bias=False) for _ in range(3))
-        self.convs = nn.ModuleList(ShortConvolution(inner, conv_size) for _ in range(3))
+class RuleParameters(nn.Module):
+    """The outer-loop parameters of one multi-head memory running ``rule``: its token-wise gates and learnable
+    initial state (documented in :class:`MemoryMixer`). :meth:`build_rule_parameters` creates them, so a subclass
+    decides where they are registered; :class:`MemoryMixer` and TNT's local memories share this."""
+
+    def build_rule_parameters(self, dim: int, num_heads: int, head_dim: int, rule: MemoryRule, *,
+                              channel_gates: bool, gate_rank: int, lr_init: float | None, lr_max: float | None,
+                              decay_init: float, momentum_init: float, threshold_init: float, shift_init: float):
+        """``gate_config`` keeps the arguments (``lr_init``/``lr_max`` as given, before their chunk-size-dependent
+        defaults) to build further memories alike."""
+        self.rule, self.heads, self.head_dim = rule, num_heads, head_dim
+        self.gate_config = dict(channel_gates=channel_gates, gate_rank=gate_rank, lr_init=lr_init, lr_max=lr_max,
+                                decay_init=decay_init, momentum_init=momentum_init, threshold_init=threshold_init,
+                                shift_init=shift_init)
         channels = head_dim if channel_gates else None
         lr_init = min(0.05, 0.4 / rule.chunk_size) if lr_init is None else lr_init
         lr_max = 4 * lr_init if lr_max is None else lr_max
@@ -69,9 +59,6 @@ class MemoryMixer(nn.Module):
             a = default_poly_coeffs(rule.degree)
             self.poly = nn.Parameter(torch.log(torch.expm1(a)).expand(num_heads, -1).clone())
         self.initial = nn.ParameterList(self._initial_state())
-        self.norm = RMSNorm(head_dim)
-        self.g_proj = nn.Linear(dim, inner, bias=False)
-        self.o_proj = nn.Linear(inner, dim, bias=False)
 
     def _initial_state(self):
         """Learnable ``M_0`` per head: the rule's default (MLP ``N(0, 1/in)``, matrix 0). Memora keeps logits, drawn
@@ -86,8 +73,8 @@ class MemoryMixer(nn.Module):
 
     def initial_state(self) -> MemoryState:
         if self.rule.feature_map == "exp":
-            return self.rule.init_state(1, self.heads, self.head_dim, dtype=self.q_proj.weight.dtype,
-                                        device=self.q_proj.weight.device)
+            ref = next(self.lr.parameters())
+            return self.rule.init_state(1, self.heads, self.head_dim, dtype=ref.dtype, device=ref.device)
         weights = [torch.softmax(p, -1) if self.rule.retention == "kl" else p for p in self.initial]
         return MemoryState(weights=list(weights))
 
@@ -109,6 +96,44 @@ class MemoryMixer(nn.Module):
             out["feature_coeffs"] = F.softplus(self.poly)
         return out
 
+
+class MemoryMixer(RuleParameters):
+    """A multi-head associative-memory layer running ``rule`` (one independent memory per head).
+
+    Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``: a chunk of
+    C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
+    (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9): with these the memory keeps
+    its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
+    rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
+    (Titans: SiLU on q, k and v)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
+                 conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,
+                 gate_rank: int = 32, lr_init: float | None = None, lr_max: float | None = None,
+                 decay_init: float = 0.001,
+                 momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
+                 layer_idx: int = 0):
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
+            head_dim = dim // num_heads
+        if num_heads < 1 or head_dim < 1:
+            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
+        if activation not in (None, "silu"):
+            raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+        self.layer_idx = layer_idx
+        self.activation = activation
+        inner = num_heads * head_dim
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner, bias=False) for _ in range(3))
+        self.convs = nn.ModuleList(ShortConvolution(inner, conv_size) for _ in range(3))
+        self.build_rule_parameters(dim, num_heads, head_dim, rule, channel_gates=channel_gates, gate_rank=gate_rank,
+                                   lr_init=lr_init, lr_max=lr_max, decay_init=decay_init,
+                                   momentum_init=momentum_init, threshold_init=threshold_init, shift_init=shift_init)
+        self.norm = RMSNorm(head_dim)
+        self.g_proj = nn.Linear(dim, inner, bias=False)
+        self.o_proj = nn.Linear(inner, dim, bias=False)
+
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         b, t, _ = hidden_states.shape
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
@@ -128,13 +153,19 @@ class MemoryMixer(nn.Module):
             new_convs.append(state)
         q, k, v = qkv
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        memory = self.initial_state() if cache is None else cache["memory"]
-        out, final = memorize(q, k, v, self.rule, initial_state=memory, output_final_state=use_cache,
-                              **self.gates(hidden_states, real))
+        out, entry = self.mix(q, k, v, hidden_states, real, cache, use_cache)
         if use_cache:
             past_key_values = LayerStates() if past_key_values is None else past_key_values
-            past_key_values.update(self.layer_idx, {"memory": final, "conv": new_convs})
+            past_key_values.update(self.layer_idx, {**entry, "conv": new_convs})
         return self._output(out, hidden_states), None, past_key_values
+
+    def mix(self, q, k, v, x, real, cache, use_cache):
+        """The memory read ``[B, T, H, Dv]`` after writing ``(k, v)`` (gates from ``x``, padding ``real`` = 0), and
+        the layer's new cache entry without the conv windows (``None`` values unless ``use_cache``)."""
+        memory = self.initial_state() if cache is None else cache["memory"]
+        out, final = memorize(q, k, v, self.rule, initial_state=memory, output_final_state=use_cache,
+                              **self.gates(x, real))
+        return out, {"memory": final}
 
     def _output(self, read, x):
         """``W_o(RMSNorm(read) ⊙ SiLU(W_g x))``: per-head norm of the memory read, gated by the input."""
@@ -153,9 +184,8 @@ class MemoryMixer(nn.Module):
         q = self.q_proj(x)
         q = F.silu(q) if self.activation == "silu" else q
         q = F.normalize(q.unflatten(-1, (self.heads, self.head_dim)), dim=-1)
-        gates = self.gates(x, x.new_ones(b, n))
-        gates.update({name: torch.zeros_like(gates[name]) for name in ("lr", "decay", "momentum") if name in gates})
-        out, _ = memorize(q, q, torch.zeros_like(q), self.rule, initial_state=state, **gates)
+        out, _ = memorize(q, q, torch.zeros_like(q), self.rule, initial_state=state,
+                          **frozen(self.gates(x, x.new_ones(b, n))))
         return self._output(out, x)
 
 

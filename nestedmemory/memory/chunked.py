@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .maps import chunk_end, lag_step, memory_of, newton_schulz
 from .nets import explicit, forward, write_factors
@@ -251,7 +252,16 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
 
 def _muon_segment(rule, q, q_raw, weights, momentum, factors, coef):
     """Muon (Atlas §5.1): all momenta ``S_t`` of the chunk are known from the frozen-point gradients, so
-    ``NS_k(S_t)`` is applied to all of them in parallel, then ``W_t = β_t W_0 + Σ_{j≤t} (β_t/β_j) θ_j NS_k(S_j)``."""
+    ``NS_k(S_t)`` is applied to all of them in parallel, then ``W_t = β_t W_0 + Σ_{j≤t} (β_t/β_j) θ_j NS_k(S_j)``.
+
+    The per-token weights and Newton–Schulz iterates of a chunk are recomputed in the backward (activation
+    checkpointing) instead of stored: kept for every chunk they take O(T · weights) memory (gigabytes at 4K)."""
+    if torch.is_grad_enabled():
+        return checkpoint(_muon_chunk, rule, q, q_raw, weights, momentum, factors, coef, use_reentrant=False)
+    return _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef)
+
+
+def _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef):
     beta, m = coef["beta"][:, :, 0], coef["m"][:, :, 0]
     p, d_theta = coef["P"][:, :, 0], coef["Dtheta"][:, :, 0]
     per_token, new_s = [], []
@@ -259,13 +269,13 @@ def _muon_segment(rule, q, q_raw, weights, momentum, factors, coef):
         s_all = m[..., None, None] * s0.unsqueeze(2) - torch.einsum("bhte,bhei,bheo->bhtio", p, x, delta)
         ortho = newton_schulz(s_all, rule.ns_steps)
         per_token.append(beta[..., None, None] * w.unsqueeze(2) + torch.einsum("bhtj,bhjio->bhtio", d_theta, ortho))
-        new_s.append(s_all[:, :, -1])
+        new_s.append(s_all[:, :, -1].clone())  # a view would keep every token's momentum alive
 
     def mm(layer, r):
         return (r.unsqueeze(-2) @ per_token[layer]).squeeze(-2)
 
     out, _ = forward(rule, q, q_raw, mm)
-    return out, [w[:, :, -1] for w in per_token], new_s
+    return out, [w[:, :, -1].clone() for w in per_token], new_s
 
 
 _SEGMENTS = {"gd": _linear_segment, "omega": _linear_segment, "momentum": _linear_segment,

@@ -20,10 +20,9 @@ def loss(objective: str, pred, v, *, p: float, eps: float, threshold=None, shift
         return 0.5 * (e * e).sum(-1)
     if objective == "lp":
         return ((e * e + eps) ** (p / 2)).sum(-1)
-    if objective == "huber":
-        l2 = 0.5 * (e * e).sum(-1)
-        l1 = threshold * torch.sqrt(e * e + eps).sum(-1)
-        return torch.where(_inside(e, threshold), l2, l1)
+    if objective == "huber":  # H(‖e‖₂): ½‖e‖² inside, δ(‖e‖ − ½δ) outside (C¹ at ‖e‖ = δ)
+        sq = (e * e).sum(-1)
+        return torch.where(_inside(e, threshold), 0.5 * sq, threshold * (torch.sqrt(sq + eps) - 0.5 * threshold))
     if objective == "robust":
         return 0.5 * (e * e).sum(-1) + shift * torch.sqrt((e * e).sum(-1) + eps)
     raise ValueError(f"unknown objective {objective!r}")
@@ -39,13 +38,14 @@ def output_grad(objective: str, pred, v, *, p: float, eps: float, threshold=None
     if objective == "lp":
         return p * e * (e * e + eps) ** (p / 2 - 1)
     if objective == "huber":
-        l1 = threshold.unsqueeze(-1) * e * torch.rsqrt(e * e + eps)
-        return torch.where(_inside(e, threshold).unsqueeze(-1), e, l1)
+        outside = threshold.unsqueeze(-1) * e * torch.rsqrt((e * e).sum(-1, keepdim=True) + eps)
+        return torch.where(_inside(e, threshold).unsqueeze(-1), e, outside)
     if objective == "robust":
         return e * (1 + shift.unsqueeze(-1) * torch.rsqrt((e * e).sum(-1, keepdim=True) + eps))
     raise ValueError(f"unknown objective {objective!r}")
 
 
 def _inside(e, threshold):
-    """Yaad's switch: the ℓ2 branch while ``‖M(k) − v‖₂ ≤ δ_t``."""
+    """Yaad's switch: the ℓ2 branch while ``‖M(k) − v‖₂ ≤ δ_t``; outside, the normalised residual ``δ_t e/‖e‖₂``
+    (the Huber loss of the residual norm, Miras Eq. 15; docs/decisions.md says why not the coordinate-wise sign)."""
     return (e.detach() * e.detach()).sum(-1) <= threshold.detach() ** 2

@@ -58,7 +58,7 @@ def surprise(rule, s, point, index, gamma, outer):
     """``Σ_r γ_r ∇_W ℓ(point; k_i, v_i)`` over the stream positions ``index`` by autograd, with the layer inputs
     of the first of them (DGD's ``x_t``)."""
     with torch.enable_grad():
-        params = [w if w.requires_grad else w.detach().requires_grad_() for w in point]
+        params = [w if outer and w.requires_grad else w.detach().requires_grad_() for w in point]
         pred, cache = forward(rule, s.k[:, :, index], s.k_raw[:, :, index], explicit(params))
         per_token = loss(rule.objective, pred, s.v[:, :, index], p=rule.p, eps=rule.eps,
                          **s.token_kwargs(index))

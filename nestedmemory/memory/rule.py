@@ -46,7 +46,7 @@ class MemoryRule:
 
     Attentional bias (``objective``), with ``e = M(k) − v`` (SPEC §4.2):
     ``dot``: ``−⟨M(k), v⟩``; ``l2``: ``½‖e‖²``; ``lp``: ``Σ_j (e_j² + ε)^{p/2}`` (smoothed ``‖e‖_p^p``);
-    ``huber``: Yaad's mixture, ``½‖e‖²`` if ``‖e‖₂ ≤ δ_t`` else ``δ_t Σ_j sqrt(e_j² + ε)``;
+    ``huber``: Yaad's mixture, ``½‖e‖²`` if ``‖e‖₂ ≤ δ_t`` else ``δ_t (sqrt(‖e‖² + ε) − ½δ_t)`` (Huber of ``‖e‖₂``);
     ``robust``: ``½‖e‖² + Δ_t sqrt(‖e‖² + ε)`` (value-shift robust, Miras Eq. 17).
 
     Retention: ``none``; ``decay`` (``W ← (1 − α_t) W``, Titans' forget gate); ``lq`` (Moneta: accumulator

@@ -4,6 +4,7 @@ MAC / MAG / MAL, Samba-style hybrids) and presets by name and size. Importing th
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .cms import stack_levels
 from .config import NestedMemoryConfig
 from .modeling import NestedMemoryForCausalLM, NestedMemoryModel, NestedMemoryPreTrainedModel
 from .presets import PRESETS, SIZES, count_parameters, from_preset, preset_config
@@ -13,4 +14,4 @@ AutoModel.register(NestedMemoryConfig, NestedMemoryModel, exist_ok=True)
 AutoModelForCausalLM.register(NestedMemoryConfig, NestedMemoryForCausalLM, exist_ok=True)
 
 __all__ = ["NestedMemoryConfig", "NestedMemoryForCausalLM", "NestedMemoryModel", "NestedMemoryPreTrainedModel",
-           "PRESETS", "SIZES", "count_parameters", "from_preset", "preset_config"]
+           "PRESETS", "SIZES", "count_parameters", "from_preset", "preset_config", "stack_levels"]

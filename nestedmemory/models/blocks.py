@@ -14,24 +14,12 @@ the :class:`~nestedmemory.layers.LayerStates` cache, keyed ``2 · block + i``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Attention, LayerStates, MemoryMixer, RMSNorm, left_aligned
+from ..layers.self_modifying import SelfModifyingTitans
+from .cms import ContinuumMemory, SwiGLU
 from .config import NestedMemoryConfig
-
-
-class SwiGLU(nn.Module):
-    """``W_down(SiLU(x W_gate) ⊙ x W_up)`` (Llama's MLP)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class GatedCombine(nn.Module):
@@ -48,8 +36,8 @@ class GatedCombine(nn.Module):
         return self.o_proj(self.norm_y(y) * torch.sigmoid(self.norm_m(m)))
 
 
-def memory_layer(config: NestedMemoryConfig, layer_idx: int) -> MemoryMixer:
-    return MemoryMixer(config.hidden_size, config.memory_heads, config.memory_head_dim, layer_idx=layer_idx,
+def memory_layer(config: NestedMemoryConfig, layer_idx: int) -> MemoryMixer | SelfModifyingTitans:
+    return config.memory_class(config.hidden_size, config.memory_heads, config.memory_head_dim, layer_idx=layer_idx,
                        **config.memory_layer_kwargs())
 
 
@@ -132,7 +120,7 @@ class MemoryAsContext(nn.Module):
 def block_mixers(config: NestedMemoryConfig, block_idx: int) -> list[nn.Module]:
     """The token mixers of block ``block_idx`` for ``config.architecture`` (cache keys ``2 · block_idx + i``)."""
     idx, arch = 2 * block_idx, config.architecture
-    if arch == "lmm" or (arch == "hybrid" and block_idx % 2 == 0):
+    if arch in ("lmm", "hope") or (arch == "hybrid" and block_idx % 2 == 0):
         return [memory_layer(config, idx)]
     if arch in ("hybrid", "transformer"):
         return [attention_layer(config, idx, config.window)]
@@ -144,17 +132,21 @@ def block_mixers(config: NestedMemoryConfig, block_idx: int) -> list[nn.Module]:
 
 
 class Block(nn.Module):
-    """``h ← h + mixer_i(RMSNorm_i(h))`` for each mixer, then ``h ← h + SwiGLU(RMSNorm(h))``."""
+    """``h ← h + mixer_i(RMSNorm_i(h))`` for each mixer, then ``h ← h + SwiGLU(RMSNorm(h))`` — or, with
+    ``config.cms``, ``h ← h + CMS(RMSNorm(h)) − RMSNorm(h)`` (:class:`~nestedmemory.models.cms.ContinuumMemory`,
+    reading the fast weights ``fast_weights``)."""
 
     def __init__(self, config: NestedMemoryConfig, block_idx: int):
         super().__init__()
         self.mixers = nn.ModuleList(block_mixers(config, block_idx))
         self.norms = nn.ModuleList(RMSNorm(config.hidden_size, config.rms_norm_eps) for _ in self.mixers)
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.mlp = (SwiGLU(config.hidden_size, config.intermediate_size) if config.cms is None
+                    else ContinuumMemory(config.hidden_size, config.intermediate_size, **config.cms))
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False):
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, fast_weights=None):
         for norm, mixer in zip(self.norms, self.mixers):
             out, _, past_key_values = mixer(norm(hidden_states), attention_mask, past_key_values, use_cache)
             hidden_states = hidden_states + out
-        return hidden_states + self.mlp(self.mlp_norm(hidden_states)), past_key_values
+        x = self.mlp_norm(hidden_states)
+        return hidden_states + (self.mlp(x) if fast_weights is None else self.mlp(x, fast_weights)), past_key_values

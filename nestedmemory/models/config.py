@@ -15,12 +15,15 @@ import torch
 from transformers import PretrainedConfig
 
 from ..layers import MemoryMixer
+from ..layers.self_modifying import SelfModifyingTitans
 from ..memory import MemoryRule
+from .cms import check_options
 
 #: ``lmm`` Titans' memory as the mixer; ``mac`` / ``mag`` / ``mal`` Titans' memory as a context / gate / layer;
 #: ``hybrid`` Samba-style alternation of memory blocks and sliding-window-attention blocks (Miras' -H models);
-#: ``transformer`` Transformer++ (attention with RoPE).
-ARCHITECTURES = ("lmm", "mac", "mag", "mal", "hybrid", "transformer")
+#: ``transformer`` Transformer++ (attention with RoPE); ``hope`` self-modifying Titans as the mixer (NL §8.1, with
+#: ``cms`` the Hope block of NL §8.3).
+ARCHITECTURES = ("lmm", "mac", "mag", "mal", "hybrid", "transformer", "hope")
 #: architectures whose attention is sliding-window, so ``window`` is required.
 SWA_ARCHITECTURES = ("mag", "mal", "hybrid")
 #: the memory rule when ``memory`` does not name one: Titans' LMM (depth-2 MLP, expansion 4, ℓ2, forget gate,
@@ -29,6 +32,9 @@ TITANS_RULE = dict(memory="mlp", depth=2, expansion=4, objective="l2", retention
 RULE_KEYS = frozenset(f.name for f in dataclasses.fields(MemoryRule))
 LAYER_KEYS = frozenset(inspect.signature(MemoryMixer).parameters) - {"dim", "num_heads", "head_dim", "rule",
                                                                        "layer_idx"}
+#: the ``memory`` keys of ``architecture="hope"``: :class:`SelfModifyingTitans` keywords.
+SELF_MODIFYING_KEYS = frozenset(inspect.signature(SelfModifyingTitans).parameters) - {
+    "dim", "num_heads", "head_dim", "layer_idx", "mode"}
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:
@@ -52,6 +58,13 @@ class NestedMemoryConfig(PretrainedConfig):
     Attention: ``num_kv_heads`` (GQA), ``window`` (sliding window; required by ``mag``, ``mal``, ``hybrid``;
     ``None`` is global attention for ``transformer``), ``persistent_tokens`` (Titans §3.3), ``rope_theta``.
     MAC: ``segment_size`` (tokens per segment) and ``longterm_tokens`` (long-term memory tokens per segment).
+
+    ``cms``: ``None``, or the Continuum Memory System (NL §7.1, :mod:`nestedmemory.models.cms`) that replaces
+    every block's SwiGLU MLP, as a dict: ``periods`` (update period ``C^{(ℓ)}`` of each level, in chain order; all
+    multiples of the smallest, which is the segment of the in-context loop), ``variant`` (``sequential``,
+    ``independent``, ``nested``), ``lr_init`` / ``lr_max`` (the learnable steps ``η^{(ℓ)} = lr_max · σ(s)``, at
+    ``lr_init`` initially; 0 freezes), ``first_order``; missing keys take their defaults. Each level is a SwiGLU of
+    width ``intermediate_size``. Works with every ``architecture``.
     """
 
     model_type = "nestedmemory"
@@ -78,6 +91,7 @@ class NestedMemoryConfig(PretrainedConfig):
     rope_theta: float = 10000.0
     segment_size: int = 64
     longterm_tokens: int = 4
+    cms: dict | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -115,6 +129,11 @@ class NestedMemoryConfig(PretrainedConfig):
         for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"NestedMemoryConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.cms is not None:
+            try:
+                self.cms = check_options(self.cms)
+            except ValueError as error:
+                raise ValueError(f"NestedMemoryConfig.cms: {error}") from error
         if self.uses_memory:
             self.memory_heads = self.num_heads if self.memory_heads is None else self.memory_heads
             self.memory_head_dim = self.head_dim if self.memory_head_dim is None else self.memory_head_dim
@@ -123,7 +142,7 @@ class NestedMemoryConfig(PretrainedConfig):
             layer = self.memory_layer_kwargs()
             try:  # the layer checks its own options (gate initialisations, activation, …)
                 with torch.device("meta"):
-                    MemoryMixer(self.hidden_size, self.memory_heads, self.memory_head_dim, **layer)
+                    self.memory_class(self.hidden_size, self.memory_heads, self.memory_head_dim, **layer)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"NestedMemoryConfig.memory: {error}") from error
         super().__post_init__(**kwargs)
@@ -134,13 +153,24 @@ class NestedMemoryConfig(PretrainedConfig):
 
     @property
     def uses_attention(self) -> bool:
-        return self.architecture != "lmm"
+        return self.architecture not in ("lmm", "hope")
+
+    @property
+    def memory_class(self) -> type:
+        return SelfModifyingTitans if self.architecture == "hope" else MemoryMixer
 
     def memory_layer_kwargs(self) -> dict:
-        """Keyword arguments of the memory layers' :class:`MemoryMixer` (``rule`` included), checked."""
-        memory = TITANS_RULE if self.memory is None else self.memory
+        """Keyword arguments of the memory layers' :class:`MemoryMixer` (``rule`` included) or, for ``hope``,
+        :class:`SelfModifyingTitans`, checked."""
+        memory = (TITANS_RULE if self.architecture != "hope" else {}) if self.memory is None else self.memory
         if not isinstance(memory, dict):
             raise ValueError(f"NestedMemoryConfig.memory must be a dict or None, got {type(memory).__name__}")
+        if self.architecture == "hope":
+            unknown = set(memory) - SELF_MODIFYING_KEYS
+            if unknown:
+                raise ValueError(f"NestedMemoryConfig.memory has unknown keys {sorted(unknown)}; self-modifying "
+                                 f"Titans takes {sorted(SELF_MODIFYING_KEYS)}")
+            return dict(memory)
         unknown = set(memory) - RULE_KEYS - LAYER_KEYS
         if unknown:
             raise ValueError(f"NestedMemoryConfig.memory has unknown keys {sorted(unknown)}; MemoryRule fields are "

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..layers import LayerStates, RMSNorm
 from .blocks import Block
+from .cms import continuum_forward
 from .config import NestedMemoryConfig
 
 
@@ -55,22 +56,33 @@ class NestedMemoryModel(NestedMemoryPreTrainedModel):
         self.embeddings = value
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values: LayerStates | None = None,
-                use_cache: bool | None = None, inputs_embeds=None, return_dict: bool | None = None, **kwargs):
+                use_cache: bool | None = None, inputs_embeds=None, return_dict: bool | None = None, head=None,
+                **kwargs):
         """``attention_mask`` ``[B, T_total]`` (1 = token, 0 = left padding; covers the cached prefix and the new
         tokens). ``use_cache`` (default ``False``) returns the ``LayerStates`` to continue from, with
-        ``seen_tokens`` advanced by ``T``; a ``past_key_values`` given without ``use_cache`` is read, not changed."""
+        ``seen_tokens`` advanced by ``T``; a ``past_key_values`` given without ``use_cache`` is read, not changed.
+        With ``config.cms``, ``head`` (hidden states → logits) gives the task loss that the CMS levels descend in
+        context, and ``input_ids`` its targets (:func:`~nestedmemory.models.cms.continuum_forward`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
         if use_cache and past_key_values is None:
             past_key_values = LayerStates()
-        for layer in self.layers:
-            hidden_states, _ = layer(hidden_states, attention_mask, past_key_values, bool(use_cache))
+        if self.config.cms is None:
+            hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+            for layer in self.layers:
+                hidden_states, _ = layer(hidden_states, attention_mask, past_key_values, bool(use_cache))
+            hidden_states = self.norm(hidden_states)
+        elif input_ids is None or head is None:
+            raise ValueError("a model with a CMS (config.cms) needs input_ids and the LM head: its levels learn in "
+                             "context from the next-token loss; use NestedMemoryForCausalLM")
+        else:
+            hidden_states = continuum_forward(self, head, input_ids, attention_mask, past_key_values,
+                                              bool(use_cache))
         if use_cache:
             past_key_values.seen_tokens += hidden_states.shape[1]
-        out = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states),
+        out = BaseModelOutputWithPast(last_hidden_state=hidden_states,
                                       past_key_values=past_key_values if use_cache else None)
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
@@ -106,7 +118,8 @@ class NestedMemoryForCausalLM(NestedMemoryPreTrainedModel, GenerationMixin):
         only (``generate`` asks for 1)."""
         if labels is not None and logits_to_keep:
             raise ValueError("labels need the logits of every position; leave logits_to_keep at 0")
-        out = self.model(input_ids, attention_mask, past_key_values, use_cache, inputs_embeds, return_dict=True)
+        out = self.model(input_ids, attention_mask, past_key_values, use_cache, inputs_embeds, return_dict=True,
+                         head=self.lm_head)
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None

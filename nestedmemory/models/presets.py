@@ -35,7 +35,8 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "titans-mac": ("mac", TITANS),
     "titans-mag": ("mag", TITANS),
     "titans-mal": ("mal", TITANS),
-    "moneta": ("lmm", dict(MIRAS_MLP, objective="lp", p=3.0, retention="lq", q=4.0, learner="gd")),
+    "moneta": ("lmm", dict(MIRAS_MLP, objective="lp", p=3.0, retention="lq", q=4.0, learner="gd",
+                            lr_init=1e-3, lr_max=1.5e-3, decay_init=1e-4)),  # ℓ3 curvature ∝ |e|: see decisions
     "yaad": ("lmm", dict(MIRAS_MLP, objective="huber", retention="decay", learner="gd")),
     "memora": ("lmm", dict(MIRAS_MLP, objective="l2", retention="kl", learner="gd")),
     "omeganet": ("lmm", dict(MLP, **POLY, learner="omega")),
@@ -53,17 +54,23 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "deltanet": ("lmm", dict(MATRIX, retention="none", learner="dgd")),
     "gated-deltanet": ("lmm", dict(MATRIX, retention="decay", learner="dgd")),
     "mamba2": ("lmm", dict(MATRIX, retention="decay", learner="gd")),
+    "hope": ("hope", {}),  # self-modifying Titans → CMS (NL §8.3, Eq. 94-97)
+    "hope-attention": ("transformer", None),  # Transformer whose MLP is a CMS (NL §8.3)
 }
 for _name in ("moneta", "yaad", "memora"):  # Samba-style hybrids (Miras §5.4)
     PRESETS[f"{_name}-h"] = ("hybrid", PRESETS[_name][1])
+#: the presets whose MLPs are a Continuum Memory System: name → ``cms`` options without ``periods`` (set by size).
+CMS_PRESETS: dict[str, dict] = {"hope": dict(variant="sequential"), "hope-attention": dict(variant="sequential")}
 
 #: size → backbone and the size-dependent choices: memory chunk, SWA window (Atlas §5.7: 2K), MAC segment,
-#: persistent / long-term memory tokens (Titans leaves all of these open), and the memory head width of the
+#: persistent / long-term memory tokens (Titans leaves all of these open), the memory head width of the
 #: polynomial-feature presets (φ_2 of a d-dim key has 1 + d + d² features, so narrow memory heads keep the memory's
-#: first layer — and Muon's per-token Newton–Schulz — small).
+#: first layer — and Muon's per-token Newton–Schulz — small), and the CMS periods (NL gives none for its LM runs:
+#: four levels ×4 apart, the slowest at 2K — NL Fig. 7's efficient choice; tiny: two levels that a 20-token test
+#: crosses).
 SIZES: dict[str, dict] = {
     "tiny": dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, chunk=8, window=4, segment_size=8,
-                 persistent_tokens=2, longterm_tokens=2, poly_head_dim=8),
+                 persistent_tokens=2, longterm_tokens=2, poly_head_dim=8, cms_periods=[4, 16]),
     "170m": dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=16),
     "340m": dict(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=16),
     "760m": dict(vocab_size=32000, hidden_size=1536, num_layers=24, num_heads=16),
@@ -71,7 +78,7 @@ SIZES: dict[str, dict] = {
 }
 for _size in ("170m", "340m", "760m", "1.3b"):
     SIZES[_size].update(chunk=64, window=2048, segment_size=512, persistent_tokens=4, longterm_tokens=4,
-                        poly_head_dim=16)
+                        poly_head_dim=16, cms_periods=[32, 128, 512, 2048])
 #: nominal parameter counts of the paper sizes.
 NOMINAL = {"170m": 170e6, "340m": 340e6, "760m": 760e6, "1.3b": 1.3e9}
 #: their blocks hold two token mixers (attention and memory); the tables' layer count is the number of token
@@ -89,8 +96,10 @@ def preset_config(name: str, size: str = "tiny", **overrides) -> NestedMemoryCon
         raise ValueError(f"unknown size {size!r}; choose one of {list(SIZES)}")
     architecture, rule = PRESETS[name]
     fields = dict(SIZES[size])
-    chunk, poly_head_dim = fields.pop("chunk"), fields.pop("poly_head_dim")
+    chunk, poly_head_dim, periods = fields.pop("chunk"), fields.pop("poly_head_dim"), fields.pop("cms_periods")
     kwargs = dict(fields, architecture=architecture)
+    if name in CMS_PRESETS:
+        kwargs["cms"] = dict(CMS_PRESETS[name], periods=periods)
     if rule is not None:
         kwargs["memory"] = dict(rule, chunk_size=min(chunk, TTT_CHUNK) if name.startswith("ttt") else chunk)
         if rule.get("feature_map") == "poly":
@@ -120,8 +129,7 @@ def count_parameters(config: NestedMemoryConfig) -> int:
 
 
 def _matched_intermediate(target: float, **kwargs) -> int:
-    """The SwiGLU width (a multiple of 32) that brings the model to ``target`` parameters: the count is affine in
-    it, ``3 · hidden_size · num_layers`` per unit."""
-    config = NestedMemoryConfig(**dict(kwargs, intermediate_size=32))
-    per_unit = 3 * config.hidden_size * config.num_layers
-    return max(32, 32 + 32 * round((target - count_parameters(config)) / per_unit / 32))
+    """The SwiGLU width (a multiple of 32; of every CMS level) that brings the model to ``target`` parameters: the
+    count is affine in it."""
+    low, high = (count_parameters(NestedMemoryConfig(**dict(kwargs, intermediate_size=n))) for n in (32, 64))
+    return max(32, 32 + 32 * round((target - low) / (high - low)))

@@ -1,0 +1,172 @@
+"""Self-modifying Titans (Nested Learning §8.1–8.2, Eq. 83–93; SPEC §6.5): the token mixer of Hope.
+
+Every projection except the query is itself a memory that learns in context, and every memory writes values it
+generates itself:
+
+    q_t = W_q x_t                          (the only non-adaptive projection, Eq. 83; conv + SiLU + ℓ2-norm)
+    k_t = M_k(x_t),  v_t = M_v(x_t),  η_t = g_η(M_η(x_t)),  α_t = g_α(M_α(x_t))          (Eq. 84)
+    v̂_□,t = M_□(v_t)                     for □ ∈ {k, v, η, α, memory}                 (Eq. 85)
+    M_□ ← M_□ (α'_t I − η_t k_t k_tᵀ) − η_t ∇ℓ2(M_□; k_t, v̂_□,t)   (DGD with weight decay, Eq. 86–88)
+    o_t = M_memory(q_t)
+
+Each M_□ is a residual MLP ``x + W_1 σ(W_2 x)`` per head (Eq. 89/91) with a meta-learned initial state (NL §3.3,
+knowledge transfer by initialisation). Chunkwise training (Eq. 90): within a chunk every generated quantity
+(k, v, η, α, v̂) comes from the memories' states at the chunk start. Two chunk sizes: ``chunk_size`` for M_memory
+and ``generator_chunk_size`` shared by M_k, M_v, M_η, M_α; one must divide the other, and the layer advances in
+steps of the smaller one, so each step sees frozen generation points and the memory core does the writes (the
+core's chunk-parallel DGD for ``mode="chunked"``, its literal token-by-token rule for ``mode="recurrent"``).
+
+Gates (per head, SPEC §6.5 [?]: the paper leaves their reduction open): ``η_t = η_max σ(⟨u_η, M_η(x_t)⟩ + b_η)``,
+``α_t = σ(⟨u_α, M_α(x_t)⟩ + b_α)`` with ``b`` set so every token gets ``lr_init`` / ``decay_init`` up to the small
+random read-out ``u`` (which keeps M_η and M_α in the gradient path from the first step). The DGD decay
+``α'_t = 1 − α_t``; ``decay_init`` = 1e-4: at 1e-3 the meta-learned initial memory decays to 1% of its norm over
+4K tokens (measured), at 1e-4 it keeps 38% while the writes build the learned part. Outputs: per-head RMSNorm ⊙ SiLU(W_g x) → W_o, as in :class:`MemoryMixer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..memory import MemoryRule, MemoryState, memorize
+from ..memory.nets import explicit, forward as memory_forward
+from .cache import LayerStates
+from .common import RMSNorm, ShortConvolution, left_aligned, logit
+
+#: the generated memories, in the order they are stacked along the head axis
+GENERATORS = ("k", "v", "lr", "decay")
+
+
+class SelfModifyingTitans(nn.Module):
+    """Self-modifying Titans with DGD + decay. ``expansion`` is the hidden width factor of M_memory's MLP,
+    ``generator_expansion`` that of M_k, M_v, M_η, M_α. ``mode`` selects the memory core's path (tests compare
+    ``chunked`` with the literal ``recurrent`` one)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
+                 generator_chunk_size: int | None = None, expansion: int = 4, generator_expansion: int = 1,
+                 activation: str = "gelu", conv_size: int = 4, lr_init: float | None = None,
+                 lr_max: float | None = None, decay_init: float = 1e-4, mode: str = "chunked", layer_idx: int = 0):
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
+            head_dim = dim // num_heads
+        if num_heads < 1 or head_dim < 1:
+            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
+        generator_chunk_size = chunk_size if generator_chunk_size is None else generator_chunk_size
+        for name, value in (("chunk_size", chunk_size), ("generator_chunk_size", generator_chunk_size)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if max(chunk_size, generator_chunk_size) % min(chunk_size, generator_chunk_size):
+            raise ValueError(f"one of chunk_size={chunk_size} and generator_chunk_size={generator_chunk_size} "
+                             "must divide the other")
+        if mode not in ("chunked", "recurrent"):
+            raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
+        lr_init = min(0.05, 0.4 / chunk_size) if lr_init is None else lr_init
+        lr_max = 4 * lr_init if lr_max is None else lr_max
+        if not 0 < lr_init < lr_max:
+            raise ValueError(f"lr_init must lie in (0, lr_max={lr_max}), got {lr_init}")
+        if not 0 < decay_init < 1:
+            raise ValueError(f"decay_init must lie in (0, 1), got {decay_init}")
+        common = dict(memory="mlp", depth=2, residual=True, activation=activation, objective="l2",
+                      retention="decay", learner="dgd")
+        self.rule = MemoryRule(expansion=expansion, chunk_size=chunk_size, **common)
+        self.generator_rule = MemoryRule(expansion=generator_expansion, chunk_size=generator_chunk_size, **common)
+        self.heads, self.head_dim, self.layer_idx, self.mode, self.lr_max = num_heads, head_dim, layer_idx, mode, lr_max
+        inner = num_heads * head_dim
+        self.x_proj, self.q_proj = nn.Linear(dim, inner, bias=False), nn.Linear(dim, inner, bias=False)
+        self.convs = nn.ModuleList(ShortConvolution(inner, conv_size) for _ in range(2))
+        g = torch.Generator().manual_seed(layer_idx)
+        self.initial = nn.ParameterList(_initial(self.rule, num_heads, head_dim, g))
+        self.generator_initial = nn.ParameterList(_initial(self.generator_rule, len(GENERATORS) * num_heads,
+                                                           head_dim, g))
+        # gate read-outs: small random u (so M_η, M_α get gradients at once), bias = the initial gate value
+        self.gate_readout = nn.Parameter(0.1 * torch.randn(2, num_heads, head_dim, generator=g) / head_dim ** 0.5)
+        self.gate_bias = nn.Parameter(torch.tensor([[logit(lr_init / lr_max)], [logit(decay_init)]])
+                                      .expand(2, num_heads).clone())
+        self.norm = RMSNorm(head_dim)
+        self.g_proj = nn.Linear(dim, inner, bias=False)
+        self.o_proj = nn.Linear(inner, dim, bias=False)
+
+    @property
+    def step(self) -> int:
+        return min(self.rule.chunk_size, self.generator_rule.chunk_size)
+
+    def initial_state(self) -> dict:
+        return {"memory": MemoryState(weights=list(self.initial)),
+                "generators": MemoryState(weights=list(self.generator_initial))}
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        b, t, _ = hidden_states.shape
+        cache = past_key_values[self.layer_idx] if past_key_values is not None else None
+        real = hidden_states.new_ones(b, t) if attention_mask is None else attention_mask[:, -t:].to(hidden_states)
+        if attention_mask is not None and not bool(real.all()):
+            if use_cache or cache is not None:
+                raise NotImplementedError("padded batches with a decoding cache are not supported by memory layers "
+                                          "yet; generate one sequence (or equal-length sequences) at a time")
+            return left_aligned(self, hidden_states, real), None, past_key_values
+        convs = [None, None] if cache is None else cache["conv"]
+        (x, x_conv), (q, q_conv) = (conv(proj(hidden_states), state) for proj, conv, state in
+                                    zip((self.x_proj, self.q_proj), self.convs, convs))
+        x = F.silu(x).unflatten(-1, (self.heads, self.head_dim))
+        q = F.normalize(F.silu(q).unflatten(-1, (self.heads, self.head_dim)), dim=-1)
+        states = self.initial_state() if cache is None else cache["states"]
+        position = 0 if cache is None else cache["position"]
+        outs, start = [], 0
+        while start < t:  # steps never cross a chunk boundary of either memory
+            length = min(t - start, self.step - (position + start) % self.step)
+            if self.mode == "recurrent":
+                length = 1
+            out, states = self._step(x[:, start:start + length], q[:, start:start + length], states)
+            outs.append(out)
+            start += length
+        out = torch.cat(outs, dim=1)
+        if use_cache:
+            past_key_values = LayerStates() if past_key_values is None else past_key_values
+            past_key_values.update(self.layer_idx, {"states": states, "conv": [x_conv, q_conv],
+                                                    "position": position + t})
+        return self.o_proj(self.norm(out).flatten(-2) * F.silu(self.g_proj(hidden_states))), None, past_key_values
+
+    def _step(self, x, q, states):
+        """Tokens ``x``/``q`` ``[B, n, H, D]`` inside one chunk of both memories: generate with the chunk-start
+        states (Eq. 90), then write every memory with DGD + decay and read M_memory at ``q``."""
+        h = self.heads
+        gen_point, mem_point = _point(states["generators"]), _point(states["memory"])
+        x_rep = x.repeat(1, 1, len(GENERATORS), 1)  # [B, n, 4H, D]: one copy per generator memory
+        reads = _read(self.generator_rule, gen_point, x_rep).split(h, dim=2)
+        k = F.normalize(reads[0], dim=-1)
+        v = reads[1]
+        logits = (torch.stack(reads[2:], 0) * self.gate_readout[:, None, None]).sum(-1)  # [2, B, n, H]
+        lr = self.lr_max * torch.sigmoid(logits[0] + self.gate_bias[0])
+        decay = torch.sigmoid(logits[1] + self.gate_bias[1])
+        v_rep = v.repeat(1, 1, len(GENERATORS), 1)
+        targets = _read(self.generator_rule, gen_point, v_rep)  # v̂_□ = M_□(v), □ ∈ GENERATORS (Eq. 85)
+        target_memory = _read(self.rule, mem_point, v)  # v̂_memory
+        reps = len(GENERATORS)
+        _, gen_state = memorize(x_rep, k.repeat(1, 1, reps, 1), targets, self.generator_rule,
+                                lr=lr.repeat(1, 1, reps), decay=decay.repeat(1, 1, reps),
+                                initial_state=states["generators"], output_final_state=True, mode=self.mode)
+        out, mem_state = memorize(q, k, target_memory, self.rule, lr=lr, decay=decay,
+                                  initial_state=states["memory"], output_final_state=True, mode=self.mode)
+        return out, {"memory": mem_state, "generators": gen_state}
+
+
+def _initial(rule: MemoryRule, heads: int, dim: int, generator) -> list[nn.Parameter]:
+    """Meta-learned initial weights ``[H, in, out]``: ``N(0, 1/in)`` for the inner layer, zero for the outer, so
+    every residual memory starts as the identity (k = x, v = x, v̂ = v) and learns its deviation."""
+    shapes = rule.weight_shapes(dim)
+    inner = torch.randn(heads, *shapes[0], generator=generator) / shapes[0][0] ** 0.5
+    return [nn.Parameter(inner), nn.Parameter(torch.zeros(heads, *shapes[1]))]
+
+
+def _point(state: MemoryState) -> list:
+    """The memory at the start of the current chunk (the core keeps it as ``anchor`` mid-chunk)."""
+    return state.anchor if state.offset else state.weights
+
+
+def _read(rule: MemoryRule, weights, x):
+    """``M(x)`` for explicit weights (``[H, in, out]`` or ``[B, H, in, out]``) and inputs ``[B, n, H, D]``."""
+    weights = [w.to(torch.promote_types(w.dtype, torch.float32)) for w in weights]
+    h = x.transpose(1, 2).to(weights[0].dtype)
+    return memory_forward(rule, h, h, explicit(weights))[0].transpose(1, 2).to(x.dtype)
