@@ -37,6 +37,8 @@ class GatedCombine(nn.Module):
 
 
 def memory_layer(config: NestedMemoryConfig, layer_idx: int) -> MemoryMixer | SelfModifyingTitans:
+    """The memory mixer of ``config.architecture`` (:class:`MemoryMixer`, its :class:`TNTMemory` extension, or
+    :class:`SelfModifyingTitans`)."""
     return config.memory_class(config.hidden_size, config.memory_heads, config.memory_head_dim, layer_idx=layer_idx,
                        **config.memory_layer_kwargs())
 
@@ -120,7 +122,7 @@ class MemoryAsContext(nn.Module):
 def block_mixers(config: NestedMemoryConfig, block_idx: int) -> list[nn.Module]:
     """The token mixers of block ``block_idx`` for ``config.architecture`` (cache keys ``2 · block_idx + i``)."""
     idx, arch = 2 * block_idx, config.architecture
-    if arch in ("lmm", "hope") or (arch == "hybrid" and block_idx % 2 == 0):
+    if arch in ("lmm", "hope", "tnt") or (arch == "hybrid" and block_idx % 2 == 0):
         return [memory_layer(config, idx)]
     if arch in ("hybrid", "transformer"):
         return [attention_layer(config, idx, config.window)]

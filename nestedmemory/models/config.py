@@ -14,7 +14,7 @@ import math
 import torch
 from transformers import PretrainedConfig
 
-from ..layers import MemoryMixer
+from ..layers import MemoryMixer, TNTMemory
 from ..layers.self_modifying import SelfModifyingTitans
 from ..memory import MemoryRule
 from .cms import check_options
@@ -22,8 +22,8 @@ from .cms import check_options
 #: ``lmm`` Titans' memory as the mixer; ``mac`` / ``mag`` / ``mal`` Titans' memory as a context / gate / layer;
 #: ``hybrid`` Samba-style alternation of memory blocks and sliding-window-attention blocks (Miras' -H models);
 #: ``transformer`` Transformer++ (attention with RoPE); ``hope`` self-modifying Titans as the mixer (NL §8.1, with
-#: ``cms`` the Hope block of NL §8.3).
-ARCHITECTURES = ("lmm", "mac", "mag", "mal", "hybrid", "transformer", "hope")
+#: ``cms`` the Hope block of NL §8.3); ``tnt`` TNT's hierarchical memory as the mixer (TNT §3, Eq. 5-7).
+ARCHITECTURES = ("lmm", "mac", "mag", "mal", "hybrid", "transformer", "hope", "tnt")
 #: architectures whose attention is sliding-window, so ``window`` is required.
 SWA_ARCHITECTURES = ("mag", "mal", "hybrid")
 #: the memory rule when ``memory`` does not name one: Titans' LMM (depth-2 MLP, expansion 4, ℓ2, forget gate,
@@ -32,6 +32,8 @@ TITANS_RULE = dict(memory="mlp", depth=2, expansion=4, objective="l2", retention
 RULE_KEYS = frozenset(f.name for f in dataclasses.fields(MemoryRule))
 LAYER_KEYS = frozenset(inspect.signature(MemoryMixer).parameters) - {"dim", "num_heads", "head_dim", "rule",
                                                                        "layer_idx"}
+#: the extra layer options of ``architecture="tnt"`` (the local memories).
+TNT_KEYS = frozenset({"local_chunk_sizes", "shard_sizes"})
 #: the ``memory`` keys of ``architecture="hope"``: :class:`SelfModifyingTitans` keywords.
 SELF_MODIFYING_KEYS = frozenset(inspect.signature(SelfModifyingTitans).parameters) - {
     "dim", "num_heads", "head_dim", "layer_idx", "mode"}
@@ -153,11 +155,11 @@ class NestedMemoryConfig(PretrainedConfig):
 
     @property
     def uses_attention(self) -> bool:
-        return self.architecture not in ("lmm", "hope")
+        return self.architecture not in ("lmm", "hope", "tnt")
 
     @property
     def memory_class(self) -> type:
-        return SelfModifyingTitans if self.architecture == "hope" else MemoryMixer
+        return {"hope": SelfModifyingTitans, "tnt": TNTMemory}.get(self.architecture, MemoryMixer)
 
     def memory_layer_kwargs(self) -> dict:
         """Keyword arguments of the memory layers' :class:`MemoryMixer` (``rule`` included) or, for ``hope``,
@@ -171,12 +173,13 @@ class NestedMemoryConfig(PretrainedConfig):
                 raise ValueError(f"NestedMemoryConfig.memory has unknown keys {sorted(unknown)}; self-modifying "
                                  f"Titans takes {sorted(SELF_MODIFYING_KEYS)}")
             return dict(memory)
-        unknown = set(memory) - RULE_KEYS - LAYER_KEYS
+        layer_keys = LAYER_KEYS | (TNT_KEYS if self.architecture == "tnt" else frozenset())
+        unknown = set(memory) - RULE_KEYS - layer_keys
         if unknown:
             raise ValueError(f"NestedMemoryConfig.memory has unknown keys {sorted(unknown)}; MemoryRule fields are "
-                             f"{sorted(RULE_KEYS)}, layer options {sorted(LAYER_KEYS)}")
+                             f"{sorted(RULE_KEYS)}, layer options {sorted(layer_keys)}")
         try:
             rule = MemoryRule(**{k: v for k, v in memory.items() if k in RULE_KEYS})
         except (TypeError, ValueError) as error:
             raise ValueError(f"NestedMemoryConfig.memory: {error}") from error
-        return dict({k: v for k, v in memory.items() if k in LAYER_KEYS}, rule=rule)
+        return dict({k: v for k, v in memory.items() if k in layer_keys}, rule=rule)

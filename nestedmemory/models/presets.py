@@ -6,7 +6,9 @@ Atlas++ = MLP (Atlas++ gated, Eq. 43) on degree-2 polynomial features + ℓ2 + d
 Eq. 10) or Muon (Atlas, Eq. 32-33); DLA = MLP + dot + decay (Eq. 19); DeepTransformer / SWDT / Dot = the exact
 ``exp`` feature map (Eq. 25-31) with dot + GD / dot + Omega window 4 / dot + delta GD; TTT-Linear / TTT-MLP = ℓ2
 GD at mini-batch 16; the baselines as matrix memories: linear attention (dot, GD), DeltaNet (dot, delta GD),
-Gated DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD).
+Gated DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD). Hope = self-modifying Titans → CMS and
+Hope-Attention = attention → CMS (NL §8.3); TNT = a global memory (chunk 2K) + a local memory (chunk 16, reset every
+2K tokens) with Q-K projection, Titans' MLP with plain GD as in TNT's experiments (TNT §7.2-7.4).
 
 Sizes: ``tiny`` for CPU tests; ``170m``, ``340m``, ``760m``, ``1.3b`` with layers / width / heads of Miras Table 5
 and Atlas Table 7, vocabulary 32K, untied embeddings. Those tables give no MLP width, and the architectures differ
@@ -54,6 +56,7 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "deltanet": ("lmm", dict(MATRIX, retention="none", learner="dgd")),
     "gated-deltanet": ("lmm", dict(MATRIX, retention="decay", learner="dgd")),
     "mamba2": ("lmm", dict(MATRIX, retention="decay", learner="gd")),
+    "tnt": ("tnt", dict(TITANS, learner="gd")),  # TNT stage 1: one global + one local memory, plain GD (TNT §7.2)
     "hope": ("hope", {}),  # self-modifying Titans → CMS (NL §8.3, Eq. 94-97)
     "hope-attention": ("transformer", None),  # Transformer whose MLP is a CMS (NL §8.3)
 }
@@ -70,7 +73,8 @@ CMS_PRESETS: dict[str, dict] = {"hope": dict(variant="sequential"), "hope-attent
 #: crosses).
 SIZES: dict[str, dict] = {
     "tiny": dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, chunk=8, window=4, segment_size=8,
-                 persistent_tokens=2, longterm_tokens=2, poly_head_dim=8, cms_periods=[4, 16]),
+                 persistent_tokens=2, longterm_tokens=2, poly_head_dim=8, cms_periods=[4, 16],
+                 tnt=dict(chunk_size=16, local_chunk_sizes=[4], shard_sizes=16)),
     "170m": dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=16),
     "340m": dict(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=16),
     "760m": dict(vocab_size=32000, hidden_size=1536, num_layers=24, num_heads=16),
@@ -78,7 +82,8 @@ SIZES: dict[str, dict] = {
 }
 for _size in ("170m", "340m", "760m", "1.3b"):
     SIZES[_size].update(chunk=64, window=2048, segment_size=512, persistent_tokens=4, longterm_tokens=4,
-                        poly_head_dim=16, cms_periods=[32, 128, 512, 2048])
+                        poly_head_dim=16, cms_periods=[32, 128, 512, 2048],
+                        tnt=dict(chunk_size=2048, local_chunk_sizes=[16], shard_sizes=2048))
 #: nominal parameter counts of the paper sizes.
 NOMINAL = {"170m": 170e6, "340m": 340e6, "760m": 760e6, "1.3b": 1.3e9}
 #: their blocks hold two token mixers (attention and memory); the tables' layer count is the number of token
@@ -97,11 +102,14 @@ def preset_config(name: str, size: str = "tiny", **overrides) -> NestedMemoryCon
     architecture, rule = PRESETS[name]
     fields = dict(SIZES[size])
     chunk, poly_head_dim, periods = fields.pop("chunk"), fields.pop("poly_head_dim"), fields.pop("cms_periods")
+    tnt = fields.pop("tnt")
     kwargs = dict(fields, architecture=architecture)
     if name in CMS_PRESETS:
         kwargs["cms"] = dict(CMS_PRESETS[name], periods=periods)
     if rule is not None:
         kwargs["memory"] = dict(rule, chunk_size=min(chunk, TTT_CHUNK) if name.startswith("ttt") else chunk)
+        if architecture == "tnt":
+            kwargs["memory"].update(tnt)
         if rule.get("feature_map") == "poly":
             kwargs.update(memory_head_dim=poly_head_dim, memory_heads=kwargs["hidden_size"] // poly_head_dim)
     if architecture not in SWA_ARCHITECTURES:
