@@ -1,12 +1,10 @@
 """Test-session setup: the CPU settings every long memory run uses (flushed denormals, non-fragmenting heap), and
-one thread per xdist worker (two workers × two OpenMP threads on two cores slowed steps up to 100×, measured)."""
-
-import os
+one thread per test process: the models under test are tiny, and two xdist workers × two OpenMP threads on two
+cores slowed steps up to 100× (measured)."""
 
 import torch
 
 from nestedmemory.runtime import configure_cpu
 
 configure_cpu()
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+torch.set_num_threads(1)

@@ -17,13 +17,6 @@ from nestedmemory.models.cms import VARIANTS, ContinuumMemory, stack_levels
 VOCAB = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small(dtype=torch.float64, **cms):
     """A 2-block Hope-Attention with a visible in-context step."""

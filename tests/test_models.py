@@ -21,14 +21,6 @@ T = 20  # not a multiple of the chunk (8) nor of the MAC segment (8); longer tha
 presets = pytest.mark.parametrize("name", PRESETS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make(name, dtype=torch.float32, **overrides):
     torch.manual_seed(0)

@@ -31,14 +31,6 @@ LM = {
 ALL = [Muon, M3, DeltaMomentum, DeepMomentum]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small_net():
     """A linear layer (matrix + bias), a conv kernel (4-D) and a vector gain: every kind of parameter."""

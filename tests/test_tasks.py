@@ -15,14 +15,6 @@ from nestedmemory.tasks.common import decode_bytes
 from nestedmemory.tasks.report import needle_heatmap, write_report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 #: suite → small generator options (every generate call below is cheap).
 SMALL = {
