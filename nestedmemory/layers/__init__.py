@@ -12,7 +12,8 @@ from .cache import LayerStates
 from .common import Gate, RMSNorm, ShortConvolution, left_aligned
 from .memory import MemoryMixer, NeuralMemory
 from .rope import apply_rope
+from .self_modifying import SelfModifyingTitans
 from .tnt import TNTMemory
 
-__all__ = ["Attention", "Gate", "LayerStates", "MemoryMixer", "NeuralMemory", "RMSNorm", "ShortConvolution",
-           "TNTMemory", "apply_rope", "left_aligned"]
+__all__ = ["Attention", "Gate", "LayerStates", "MemoryMixer", "NeuralMemory", "RMSNorm", "SelfModifyingTitans",
+           "ShortConvolution", "TNTMemory", "apply_rope", "left_aligned"]

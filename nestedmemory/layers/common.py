@@ -91,3 +91,31 @@ def left_aligned(mixer, hidden_states, real):
                          ((steps + shift[:, None]) % t).unsqueeze(-1).expand_as(hidden_states))
     out = mixer(moved)[0]
     return torch.gather(out, 1, ((steps - shift[:, None]) % t).unsqueeze(-1).expand_as(out))
+
+
+def head_layout(dim: int, num_heads: int, head_dim: int | None) -> int:
+    """``head_dim`` (default ``dim / num_heads``, which must then divide), checked."""
+    if head_dim is None:
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
+        head_dim = dim // num_heads
+    if num_heads < 1 or head_dim < 1:
+        raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
+    return head_dim
+
+
+def real_tokens(hidden_states, attention_mask):
+    """``[B, T]``: 1 for tokens, 0 for (left) padding, from the 2-D mask of the whole sequence so far."""
+    b, t, _ = hidden_states.shape
+    return hidden_states.new_ones(b, t) if attention_mask is None else attention_mask[:, -t:].to(hidden_states)
+
+
+def padded_output(mixer, hidden_states, real, cache, use_cache):
+    """A recurrent mixer's output on a batch with padding (:func:`left_aligned`), or ``None`` if nothing is padding.
+    Padded batches cannot be decoded with a cache yet (each sequence would need its own chunk offset)."""
+    if bool(real.all()):
+        return None
+    if use_cache or cache is not None:
+        raise NotImplementedError("padded batches with a decoding cache are not supported by memory layers "
+                                  "yet; generate one sequence (or equal-length sequences) at a time")
+    return left_aligned(mixer, hidden_states, real)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import default_poly_coeffs
 from .cache import LayerStates
-from .common import Gate, RMSNorm, ShortConvolution, left_aligned
+from .common import Gate, RMSNorm, ShortConvolution, head_layout, padded_output, real_tokens
 
 
 def frozen(gates: dict) -> dict:
@@ -114,12 +114,7 @@ class MemoryMixer(RuleParameters):
                  momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
                  layer_idx: int = 0):
         super().__init__()
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
-            head_dim = dim // num_heads
-        if num_heads < 1 or head_dim < 1:
-            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
+        head_dim = head_layout(dim, num_heads, head_dim)
         if activation not in (None, "silu"):
             raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
         self.layer_idx = layer_idx
@@ -135,14 +130,11 @@ class MemoryMixer(RuleParameters):
         self.o_proj = nn.Linear(inner, dim, bias=False)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
-        b, t, _ = hidden_states.shape
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
-        real = hidden_states.new_ones(b, t) if attention_mask is None else attention_mask[:, -t:].to(hidden_states)
-        if attention_mask is not None and not bool(real.all()):
-            if use_cache or cache is not None:
-                raise NotImplementedError("padded batches with a decoding cache are not supported by memory layers "
-                                          "yet; generate one sequence (or equal-length sequences) at a time")
-            return left_aligned(self, hidden_states, real), None, past_key_values
+        real = real_tokens(hidden_states, attention_mask)
+        padded = padded_output(self, hidden_states, real, cache, use_cache)
+        if padded is not None:
+            return padded, None, past_key_values
 
         convs = [None] * 3 if cache is None else cache["conv"]
         qkv, new_convs = [], []

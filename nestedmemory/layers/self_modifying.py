@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import explicit, forward as memory_forward
 from .cache import LayerStates
-from .common import RMSNorm, ShortConvolution, left_aligned, logit
+from .common import RMSNorm, ShortConvolution, head_layout, logit, padded_output, real_tokens
 
 #: the generated memories, in the order they are stacked along the head axis
 GENERATORS = ("k", "v", "lr", "decay")
@@ -48,12 +48,7 @@ class SelfModifyingTitans(nn.Module):
                  activation: str = "gelu", conv_size: int = 4, lr_init: float | None = None,
                  lr_max: float | None = None, decay_init: float = 1e-4, mode: str = "chunked", layer_idx: int = 0):
         super().__init__()
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
-            head_dim = dim // num_heads
-        if num_heads < 1 or head_dim < 1:
-            raise ValueError(f"num_heads and head_dim must be >= 1, got {num_heads} and {head_dim}")
+        head_dim = head_layout(dim, num_heads, head_dim)
         generator_chunk_size = chunk_size if generator_chunk_size is None else generator_chunk_size
         for name, value in (("chunk_size", chunk_size), ("generator_chunk_size", generator_chunk_size)):
             if not (isinstance(value, int) and value >= 1):
@@ -98,14 +93,12 @@ class SelfModifyingTitans(nn.Module):
                 "generators": MemoryState(weights=list(self.generator_initial))}
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
-        b, t, _ = hidden_states.shape
+        t = hidden_states.shape[1]
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
-        real = hidden_states.new_ones(b, t) if attention_mask is None else attention_mask[:, -t:].to(hidden_states)
-        if attention_mask is not None and not bool(real.all()):
-            if use_cache or cache is not None:
-                raise NotImplementedError("padded batches with a decoding cache are not supported by memory layers "
-                                          "yet; generate one sequence (or equal-length sequences) at a time")
-            return left_aligned(self, hidden_states, real), None, past_key_values
+        real = real_tokens(hidden_states, attention_mask)
+        padded = padded_output(self, hidden_states, real, cache, use_cache)
+        if padded is not None:
+            return padded, None, past_key_values
         convs = [None, None] if cache is None else cache["conv"]
         (x, x_conv), (q, q_conv) = (conv(proj(hidden_states), state) for proj, conv, state in
                                     zip((self.x_proj, self.q_proj), self.convs, convs))

@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import Attention, LayerStates, MemoryMixer, RMSNorm, left_aligned
-from ..layers.self_modifying import SelfModifyingTitans
+from ..layers import Attention, LayerStates, MemoryMixer, RMSNorm, SelfModifyingTitans, left_aligned
 from .cms import ContinuumMemory, SwiGLU
 from .config import NestedMemoryConfig
 

@@ -14,8 +14,7 @@ import math
 import torch
 from transformers import PretrainedConfig
 
-from ..layers import MemoryMixer, TNTMemory
-from ..layers.self_modifying import SelfModifyingTitans
+from ..layers import MemoryMixer, SelfModifyingTitans, TNTMemory
 from ..memory import MemoryRule
 from .cms import check_options
 
