@@ -1,0 +1,203 @@
+"""The training configuration: dataclasses that the command line fills from defaults, YAML files (``--config``)
+and flags (``--model.preset hope``), and the model they describe.
+
+``DEFAULT_PRESET`` / ``DEFAULT_SIZE`` are what ``nestedmemory train`` trains with no arguments. Besides the model
+sizes of :data:`nestedmemory.models.SIZES`, training knows :data:`TRAIN_SIZES`: ``small``, the default CPU run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..models import SIZES, NestedMemoryConfig, preset_config
+from .errors import UserError
+
+DEFAULT_PRESET = "titans-lmm"
+DEFAULT_SIZE = "small"
+#: size → (base size of ``SIZES``, config overrides, memory-rule overrides). ``small`` trains on two CPU cores in
+#: minutes: ``tiny`` widened to 128 and deepened to 4 layers, memory chunk 64 (the paper sizes' chunk; the tiny
+#: chunk of 8 is 3.7× slower on the CPU).
+TRAIN_SIZES: dict[str, tuple[str, dict, dict]] = {
+    "small": ("tiny", dict(hidden_size=128, num_layers=4), dict(chunk_size=64)),
+}
+
+
+@dataclass
+class ModelConfig:
+    """The model.
+
+    Args:
+        preset: a preset name (``nestedmemory info`` lists them)
+        size: a size of ``nestedmemory.models.SIZES`` or of the training sizes (``small``)
+        overrides: NestedMemoryConfig fields to set, e.g. ``{hidden_size: 256, num_layers: 6}``
+        memory: fields of the preset's memory rule to change, e.g. ``{chunk_size: 16}``
+    """
+
+    preset: str = DEFAULT_PRESET
+    size: str = DEFAULT_SIZE
+    overrides: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """The training text.
+
+    Args:
+        path: ``shakespeare`` (embedded), a text / .jsonl / .parquet file, a folder of them, or a ``datasets``
+            folder saved with ``save_to_disk``
+        tokenizer: ``byte``, or a local ``tokenizer.json`` (BPE or any ``tokenizers`` model)
+        text_field: the text column of JSONL / Parquet / datasets rows
+        separator: text put between documents
+        seq_len: tokens per training sequence
+        val_tokens: the first tokens of the stream, held out for validation
+        shuffle_buffer: training blocks shuffled together (1: stream order)
+    """
+
+    path: str = "shakespeare"
+    tokenizer: str = "byte"
+    text_field: str = "text"
+    separator: str = "\n\n"
+    seq_len: int = 256
+    val_tokens: int = 65536
+    shuffle_buffer: int = 1024
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer and learning-rate schedule (linear warm-up, then cosine decay to ``min_lr_ratio · lr``).
+
+    Args:
+        name: ``adamw`` (torch), or ``muon`` / ``m3`` from ``nestedmemory.optim``
+        lr: peak learning rate
+        weight_decay: decoupled weight decay of matrices and embeddings (none on vectors: norms, biases, gates)
+        warmup_steps: steps of linear warm-up
+        min_lr_ratio: final learning rate as a fraction of ``lr``
+        grad_clip: maximum global gradient norm (0: no clipping)
+        options: further keyword arguments of the optimizer, e.g. ``{betas: [0.9, 0.99]}``
+    """
+
+    name: Literal["adamw", "muon", "m3"] = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleConfig:
+    """Sampling.
+
+    Args:
+        prompt: text the sample continues
+        max_new_tokens: tokens to generate
+        temperature: softmax temperature (0: greedy)
+        top_k: sample among the k most likely tokens (0: all)
+        seed: random seed of the sampler
+    """
+
+    prompt: str = "ROMEO:\n"
+    max_new_tokens: int = 300
+    temperature: float = 0.8
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Train a model, evaluate its validation loss, print a sample; write a run folder.
+
+    Args:
+        model: the model
+        data: the training text
+        optim: the optimizer
+        sample: the sample printed at the end
+        out: run folder (default ``runs/<preset>-<size>-<date>-<time>``)
+        resume: continue from a checkpoint, or the latest checkpoint of a run folder (with ``out``: into a new folder)
+        max_steps: optimizer steps
+        batch_size: sequences per step, over all processes
+        seed: random seed of initialisation and data order
+        log_every: steps between metrics records
+        eval_every: steps between validation passes (0: at the end only)
+        save_every: steps between checkpoints (0: at the end only)
+        keep_checkpoints: checkpoints kept in the run folder (the newest)
+        precision: ``bf16`` runs the model under bfloat16 autocast
+        compile: ``torch.compile`` the model
+        parallel: under ``torchrun``: ``ddp`` (replicas) or ``fsdp`` (FSDP2 ``fully_shard``)
+        device: ``cpu``, ``cuda`` (default: cuda if available)
+        progress: show a progress bar
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    out: str | None = None
+    resume: str | None = None
+    max_steps: int = 300
+    batch_size: int = 16
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    device: str | None = None
+    progress: bool = True
+
+
+#: fields a resumed run may change: where and how it runs and reports, not what it computes (``max_steps``
+#: changes the schedule from there on).
+RESUMABLE_FIELDS = frozenset({"out", "resume", "max_steps", "log_every", "eval_every", "save_every",
+                              "keep_checkpoints", "compile", "parallel", "device", "progress", "sample"})
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"model": {"size": "tiny"}}`` → ``{"model.size": "tiny"}`` (dicts of the config become dotted keys)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def incompatible(saved: dict, current: TrainConfig) -> list[str]:
+    """The settings of ``current`` that differ from the checkpoint's ``saved`` config (``asdict`` form), outside
+    :data:`RESUMABLE_FIELDS`, as ``"key: saved → current"`` lines."""
+    before, after = flatten(saved), flatten(dataclasses.asdict(current))
+    keys = sorted(k for k in before.keys() | after.keys() if k.split(".")[0] not in RESUMABLE_FIELDS)
+    changed = [k for k in keys if _normal(before.get(k)) != _normal(after.get(k))]
+    return [f"{k}: {before.get(k)!r} → {after.get(k)!r}" for k in changed]
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def model_config(model: ModelConfig, vocab_size: int) -> NestedMemoryConfig:
+    """The config of ``model``, its vocabulary sized to the tokenizer's ``vocab_size`` unless ``overrides``
+    set a (larger) one. Raises :class:`UserError` naming the problem."""
+    base, size_overrides, size_memory = TRAIN_SIZES.get(model.size, (model.size, {}, {}))
+    if base not in SIZES:
+        raise UserError(f"unknown size {model.size!r}; choose one of {list(SIZES) + list(TRAIN_SIZES)}")
+    overrides = {**size_overrides, "vocab_size": vocab_size, **model.overrides}
+    if overrides["vocab_size"] < vocab_size:
+        raise UserError(f"model vocab_size {overrides['vocab_size']} is smaller than the tokenizer's {vocab_size}")
+    try:
+        config = preset_config(model.preset, base, **overrides)
+        if model.memory and config.memory is None:
+            raise UserError(f"preset {model.preset!r} has no memory rule for model.memory to change")
+        if config.memory is not None and (size_memory or model.memory):
+            config = preset_config(model.preset, base, **overrides,
+                                   memory={**config.memory, **size_memory, **model.memory})
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    return config
