@@ -104,7 +104,7 @@ def _gate(name, value, q, dv, *, channel_ok, last=None):
         return torch.full((b, h, t, last or 1), float(value), dtype=q.dtype, device=q.device)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a tensor or a float, got {type(value).__name__}")
-    if value.dtype != q.dtype:
+    if value.dtype not in (q.dtype, torch.promote_types(q.dtype, torch.float32)):  # bf16 q, fp32 gates: autocast
         raise TypeError(f"{name} has dtype {value.dtype} but q has {q.dtype}")
     if last is not None:
         if tuple(value.shape) != (b, t, h, last):
