@@ -9,6 +9,7 @@ import pytest
 
 from nestedmemory.cli import main, underscored
 from nestedmemory.models import from_preset
+from nestedmemory.train import DEFAULT_PRESET
 
 #: the README's ``nestedmemory train``, shrunk to a few seconds.
 SMALL = ["--model.size", "tiny", "--batch-size", "4", "--data.seq-len", "32", "--data.val-tokens", "512",
@@ -32,7 +33,7 @@ def test_readme_train_command_end_to_end(tmp_path):
     result = command("train", "--max-steps", "20", "--eval-every", "10", *SMALL, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert run_dir.name.startswith("titans-lmm-tiny-")
+    assert run_dir.name.startswith(f"{DEFAULT_PRESET}-tiny-")
     final = run_dir / "checkpoint-000020"
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "sample.txt", "checkpoint-000020/model.safetensors",
                  "checkpoint-000020/config.json", "checkpoint-000020/trainer_state.pt"):

@@ -24,7 +24,7 @@ import torch
 
 from ..models import count_parameters, from_preset
 from .common import IGNORE, batch, check_int, evaluate_data, rng_for
-from .report import percent, write_report
+from .report import markdown_table, percent, write_report
 from .training import train_on_task
 
 
@@ -101,6 +101,25 @@ def run_continual(preset: str, *, size: str = "tiny", num_classes: int = 10, cla
                 average_accuracy=float(np.mean(final)), forgetting=float(np.mean(forgetting)) if forgetting else 0.0)
 
 
+def write_table(results: list[dict], settings: dict, out, extra_notes: str = "") -> None:
+    """The summary table of :func:`run_continual`'s ``results`` (final accuracy per task, average, forgetting)
+    plus every model's forgetting matrix at ``out`` (Markdown), and ``settings`` + ``results`` as JSON."""
+    tasks = len(results[0]["tasks"])
+    header = ["Model", "parameters"] + [f"task {j + 1}" for j in range(tasks)] + ["average", "forgetting"]
+    rows = [[r["preset"], f"{r['parameters']:,}"] + [percent(a) for a in r["matrix"][-1]]
+            + [percent(r["average_accuracy"]), percent(r["forgetting"])] for r in results]
+    matrices = "".join(
+        f"\n\n{r['preset']} (row i: after training task i; column j: accuracy on task j, %):\n\n"
+        + markdown_table(["after"] + [f"task {j + 1}" for j in range(tasks)],
+                         [[f"task {i + 1}"] + ["" if a is None else percent(a) for a in row]
+                          for i, row in enumerate(r["matrix"])]) for r in results)
+    notes = ("Accuracy (%) on every task after training on the last one; forgetting = mean over the earlier tasks "
+             "of (best accuracy − final accuracy). Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+             + "." + extra_notes + "\n\nForgetting matrices:" + matrices)
+    write_report(out, title="Class-incremental continual learning (Markov-chain classes)", header=header,
+                 rows=rows, notes=notes, data=dict(settings=settings, results=results))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nestedmemory.tasks.continual",
                                      description="class-incremental continual learning: forgetting per preset")
@@ -108,22 +127,19 @@ def main(argv=None) -> None:
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--classes-per-task", type=int, default=2)
     parser.add_argument("--steps-per-task", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-n", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", default="tiny")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="docs/continual.md")
     args = parser.parse_args(argv)
-    results = [run_continual(preset, size=args.size, num_classes=args.num_classes,
-                             classes_per_task=args.classes_per_task, steps_per_task=args.steps_per_task, lr=args.lr,
-                             seed=args.seed) for preset in args.presets]
-    tasks = len(results[0]["tasks"])
-    header = ["Model", "parameters"] + [f"task {j + 1}" for j in range(tasks)] + ["average", "forgetting"]
-    rows = [[r["preset"], r["parameters"]] + [percent(a) for a in r["matrix"][-1]]
-            + [percent(r["average_accuracy"]), percent(r["forgetting"])] for r in results]
-    notes = ("Accuracy (%) on every task after training on the last one; forgetting = mean over the earlier tasks "
-             "of (best accuracy − final accuracy). The full matrices are in the JSON file.")
-    write_report(args.out, title="Class-incremental continual learning (Markov-chain classes)", header=header,
-                 rows=rows, notes=notes, data=dict(settings=vars(args), results=results))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {k: v for k, v in vars(args).items() if k not in ("presets", "out", "threads")}
+    results = [run_continual(preset, **settings) for preset in args.presets]
+    write_table(results, settings, args.out)
 
 
 if __name__ == "__main__":

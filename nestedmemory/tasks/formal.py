@@ -31,6 +31,7 @@ trains a tiny model per (preset, language) on Bin0 and writes the Bin0 / Bin1 ac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -177,7 +178,8 @@ def run(presets, *, languages=tuple(LANGUAGES), steps: int = 1000, batch_size: i
             records.append(dict(preset=preset, language=language, bin0=result["bin"]["0"], bin1=result["bin"]["1"],
                                 token_accuracy=result["token_accuracy"], final_loss=float(np.mean(losses[-20:])),
                                 parameters=count_parameters(model.config),
-                                seconds=round(time.perf_counter() - start, 1)))
+                                seconds=round(time.perf_counter() - start, 1), steps=steps, lr=lr,
+                                batch_size=batch_size, overrides=overrides))
             print(f"{preset:>16} {language:>10}  Bin0 {records[-1]['bin0']:.3f}  Bin1 {records[-1]['bin1']:.3f}  "
                   f"loss {records[-1]['final_loss']:.4f}  {records[-1]['seconds']} s", flush=True)
     return records
@@ -190,6 +192,26 @@ PAPER_ROWS = {
     "DeltaNet": "98.2 / 10.1 | 0.0 / 0.0 | 0.0 / 0.0 | 100 | 100 | 100",
     "Hope": "100 | 100 | 100 | 100 | 100 | 100",
 }
+
+
+def _exceptions(records: list[dict], settings: dict) -> str:
+    """A note per preset whose records were trained otherwise than ``settings`` (steps, lr, batch size, model
+    overrides; records without these keys follow ``settings``)."""
+    notes = {}
+    for r in records:
+        differ = [f"{key.replace('_', ' ')} {r[key]}" for key in ("steps", "lr", "batch_size")
+                  if key in r and r[key] != settings[key]]
+        if r.get("overrides"):
+            differ.append(f"model overrides `{json.dumps(r['overrides'])}`")
+        if differ:
+            notes.setdefault(r["preset"], differ)
+    diverged = {}
+    for r in records:
+        if not np.isfinite(r["final_loss"]):
+            diverged.setdefault(r["preset"], []).append(LANGUAGES[r["language"]].name)
+    return ("".join(f" Row {preset}: {', '.join(differ)}." for preset, differ in notes.items())
+            + "".join(f" {preset} diverged (NaN loss) on {', '.join(names)}: those cells are 0 by failure."
+                      for preset, names in diverged.items()))
 
 
 def write_table(records: list[dict], settings: dict, out) -> None:
@@ -211,7 +233,7 @@ def write_table(records: list[dict], settings: dict, out) -> None:
              f"scratch for {settings['steps']} AdamW steps of {settings['batch_size']} fresh Bin0 strings (lr "
              f"{settings['lr']}, seed {settings['seed']}) on the CPU. Task format and generators: "
              f"`nestedmemory/tasks/formal.py`; command: `python -m nestedmemory.tasks.formal --presets "
-             f"{' '.join(presets)} --out {out}`." + reference)
+             f"{' '.join(presets)} --out {out}`." + _exceptions(records, settings) + reference)
     write_report(out, title="Formal languages (Irie et al. 2023 setup, tiny CPU models)", header=header, rows=rows,
                  notes=notes, data=dict(settings=settings, bins=BINS, results=records))
 
@@ -228,12 +250,22 @@ def main(argv=None) -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="docs/formal_languages.md")
+    parser.add_argument("--model-overrides", type=json.loads, default={},
+                        help='JSON dict of model config overrides, e.g. \'{"cms": null}\'')
+    parser.add_argument("--append", action="store_true",
+                        help="keep the records already in the JSON next to --out (other presets) and add these")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_n=args.eval_n, seed=args.seed,
                     size=args.size)
-    write_table(run(args.presets, languages=args.languages, **settings), settings, args.out)
+    records = run(args.presets, languages=args.languages, **settings, **args.model_overrides)
+    if args.append:
+        from pathlib import Path
+        previous = json.loads(Path(args.out).with_suffix(".json").read_text())
+        settings = previous["settings"]  # the table's protocol; rows trained otherwise get a note
+        records = [r for r in previous["results"] if r["preset"] not in args.presets] + records
+    write_table(records, settings, args.out)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -73,6 +75,9 @@ def wrap(model: torch.nn.Module, processes: Processes, parallel: str) -> torch.n
     if parallel == "ddp":
         ids = [processes.device.index] if processes.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if getattr(model.config, "cms", None) is not None:  # CMS fast weights are plain tensors beside the DTensors
+        raise UserError(f"--parallel fsdp does not support Continuum Memory System presets yet "
+                        f"({model.config.cms}); use --parallel ddp")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
