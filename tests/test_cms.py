@@ -6,6 +6,7 @@ Transformer++ is exact; every CMS parameter learns; generation, save/load, confi
 import math
 
 import pytest
+from checks import decode
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
@@ -44,15 +45,6 @@ def set_steps(model, *values):
         for cms in (m for m in model.modules() if isinstance(m, ContinuumMemory)):
             for i, v in enumerate(values):
                 cms.step[i] = -math.inf if v == 0 else math.log(v / (cms.lr_max - v))
-
-
-def decode(model, x, schedule):
-    cache, logits, seen = None, [], 0
-    for n in schedule:
-        out = model(x[:, seen:seen + n], past_key_values=cache, use_cache=True)
-        cache, seen = out.past_key_values, seen + n
-        logits.append(out.logits)
-    return torch.cat(logits, 1), cache
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

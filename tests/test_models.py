@@ -4,6 +4,7 @@ parameter counts."""
 
 import math
 
+import checks
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,13 +47,9 @@ DECODING += [pytest.param(name, {"num_layers": 2}, id=f"{name}-2blocks") for nam
 
 def decode(model, x, schedule):
     """Logits of ``x`` fed in pieces of ``schedule`` through the cache."""
-    cache, logits, seen = None, [], 0
-    for n in schedule:
-        out = model(x[:, seen:seen + n], past_key_values=cache, use_cache=True)
-        cache, seen = out.past_key_values, seen + n
-        logits.append(out.logits)
-        assert isinstance(cache, LayerStates) and cache.seen_tokens == seen
-    return torch.cat(logits, 1)
+    logits, cache = checks.decode(model, x, schedule)
+    assert isinstance(cache, LayerStates)
+    return logits
 
 
 @pytest.mark.parametrize("name, overrides", DECODING)

@@ -124,19 +124,17 @@ class SelfModifyingTitans(nn.Module):
     def _step(self, x, q, states):
         """Tokens ``x``/``q`` ``[B, n, H, D]`` inside one chunk of both memories: generate with the chunk-start
         states (Eq. 90), then write every memory with DGD + decay and read M_memory at ``q``."""
-        h = self.heads
+        h, reps = self.heads, len(GENERATORS)
         gen_point, mem_point = _point(states["generators"]), _point(states["memory"])
-        x_rep = x.repeat(1, 1, len(GENERATORS), 1)  # [B, n, 4H, D]: one copy per generator memory
+        x_rep = x.repeat(1, 1, reps, 1)  # [B, n, 4H, D]: one copy per generator memory
         reads = _read(self.generator_rule, gen_point, x_rep).split(h, dim=2)
         k = F.normalize(reads[0], dim=-1)
         v = reads[1]
         logits = (torch.stack(reads[2:], 0) * self.gate_readout[:, None, None]).sum(-1)  # [2, B, n, H]
         lr = self.lr_max * torch.sigmoid(logits[0] + self.gate_bias[0])
         decay = torch.sigmoid(logits[1] + self.gate_bias[1])
-        v_rep = v.repeat(1, 1, len(GENERATORS), 1)
-        targets = _read(self.generator_rule, gen_point, v_rep)  # v̂_□ = M_□(v), □ ∈ GENERATORS (Eq. 85)
+        targets = _read(self.generator_rule, gen_point, v.repeat(1, 1, reps, 1))  # v̂_□ = M_□(v) (Eq. 85)
         target_memory = _read(self.rule, mem_point, v)  # v̂_memory
-        reps = len(GENERATORS)
         _, gen_state = memorize(x_rep, k.repeat(1, 1, reps, 1), targets, self.generator_rule,
                                 lr=lr.repeat(1, 1, reps), decay=decay.repeat(1, 1, reps),
                                 initial_state=states["generators"], output_final_state=True, mode=self.mode)
