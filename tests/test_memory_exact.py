@@ -35,10 +35,11 @@ def random_state(rule, dtype, seed=0):
     return state
 
 
-def run_both(rule, length, dtype=torch.float64, seed=0):
+def run_both(rule, length, dtype=torch.float64, seed=0, lr_scale=1.0):
     """Outputs, final weights and outer gradients (w.r.t. q, k, v, every gate, the initial state) of both paths."""
     g = torch.Generator().manual_seed(seed)
     q, k, v, gates = random_inputs(rule, B, length, H, D, dtype=dtype, generator=g, requires_grad=True)
+    gates["lr"] = (lr_scale * gates["lr"].detach()).requires_grad_()
     state = random_state(rule, dtype, seed)
     leaves = [q, k, v, *gates.values(), *state.weights, *(state.momentum or [])]
     results = {}
@@ -84,10 +85,23 @@ ARCHITECTURES = [
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
-@pytest.mark.parametrize("learner", ["momentum", "muon", "dgd"])
+@pytest.mark.parametrize("learner", ["momentum", "muon", "dgd", "dgd-momentum"])
 def test_architectures(arch, learner):
     rule = MemoryRule(**arch, learner=learner, chunk_size=3)
     assert_same(run_both(rule, 8), 1e-9)
+
+
+PROXIMAL = [dict(memory="linear"), dict(memory="mlp"), dict(memory="mlp", depth=3, activation="silu"),
+            dict(memory="mlp", gated=True), dict(memory="mlp", layernorm=True), dict(memory="linear", objective="dot")]
+
+
+@pytest.mark.parametrize("arch", PROXIMAL, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
+@pytest.mark.parametrize("chunk_size,length", [(1, 7), (3, 11), (16, 21)])
+@pytest.mark.parametrize("learner,relaxation", [("dgd", 1.0), ("dgd-momentum", 1.0), ("dgd", 2.0)])
+def test_proximal_dgd(arch, chunk_size, length, learner, relaxation):
+    """The implicit DGD step, with steps up to 1 so that ``θ‖x‖²`` is far from small."""
+    rule = MemoryRule(**arch, learner=learner, proximal=True, relaxation=relaxation, chunk_size=chunk_size)
+    assert_same(run_both(rule, length, lr_scale=20.0), 1e-9)
 
 
 @pytest.mark.parametrize("learner", ["omega", "momentum", "muon"])

@@ -177,6 +177,40 @@ def test_dgd_with_dot_bias_is_gated_deltanet_at_every_chunk_size():
         assert relative_error(ref_state, state.weights[0]) < 1e-12
 
 
+def test_proximal_dgd_is_the_implicit_delta_rule():
+    """Proximal DGD with the dot bias and no retention is the implicit (Longhorn-style) delta rule
+    ``W_t = argmin_W ½‖kW − v‖² + ‖W − W_{t−1}‖² / 2θ``, solved here by a dense solve, exact at every chunk size —
+    with keys of norm 3 and steps up to 2, where the explicit rule (eigenvalue ``1 − θ‖k‖² < −1``) explodes."""
+    big_k, theta = 3 * k, uniform(0.5, 2.0, 20)
+    w0 = unit(B, H, D, D, seed=21)
+    eye = torch.eye(D, dtype=DT)
+    ref, ref_state = loop(lambda s, t: torch.linalg.solve(eye / gate(theta, t) + col(big_k, t) @ row(big_k, t),
+                                                          s / gate(theta, t) + col(big_k, t) @ row(v, t)), w0)
+    for chunk in (1, 4, 16):
+        rule = MemoryRule(memory="linear", objective="dot", retention="none", learner="dgd", proximal=True,
+                          chunk_size=chunk)
+        out, state = memorize(q, big_k, v, rule, lr=theta, initial_state=rule_state(rule, w0),
+                              output_final_state=True)
+        assert relative_error(ref, out) < 1e-12
+        assert relative_error(ref_state, state.weights[0]) < 1e-12
+    explicit = MemoryRule(memory="linear", objective="dot", retention="none", learner="dgd", chunk_size=4)
+    out, _ = memorize(q, big_k, v, explicit, lr=theta, initial_state=rule_state(explicit, w0))
+    assert out.abs().max() > 1e3 * ref.abs().max()
+
+
+def test_over_relaxed_proximal_dgd_reflects():
+    """With ``relaxation=2`` and a large step the DGD transition along a unit key tends to the reflection
+    ``I − 2kkᵀ`` (eigenvalue −1); at ``relaxation=1`` to the projection ``I − kkᵀ`` (eigenvalue 0)."""
+    w0 = unit(B, H, D, D, seed=22)
+    theta = torch.full((B, T, H), 1e8, dtype=DT)
+    for relaxation, factor in ((2.0, 2.0), (1.0, 1.0)):
+        ref, _ = loop(lambda s, t: s - factor * col(k, t) @ (row(k, t) @ s), w0)
+        rule = MemoryRule(memory="linear", objective="dot", retention="none", learner="dgd", proximal=True,
+                          relaxation=relaxation, chunk_size=4)
+        out, _ = memorize(q, k, torch.zeros_like(v), rule, lr=theta, initial_state=rule_state(rule, w0))
+        assert relative_error(ref, out) < 1e-6
+
+
 def test_dot_bias_with_decay_is_mamba2_ssd_at_every_chunk_size():
     """Mamba2's SSD, ``h_t = exp(Δ_t A) h_{t−1} + Δ_t B_tᵀ x_t``, ``y_t = C_t h_t``: the dot bias with decay
     ``1 − exp(Δ_t A)``, lr Δ_t, keys B, values x, queries C; its gradient does not depend on the memory, so every

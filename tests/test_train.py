@@ -18,13 +18,16 @@ from nestedmemory.train import (
     ModelConfig,
     OptimConfig,
     SampleConfig,
+    TNTConfig,
     TrainConfig,
     UserError,
     metrics,
     model_config,
     train,
 )
+from nestedmemory.layers import TNTMemory
 from nestedmemory.train import checkpoint as checkpoints
+from nestedmemory.train import inference
 from nestedmemory.train.loop import Trainer
 from nestedmemory.train.optim import build_optimizer, build_scheduler
 
@@ -142,6 +145,33 @@ def test_default_run_configuration():
     assert model_config(ModelConfig("transformer++"), 256).memory is None  # sizes' memory settings skip it
     with pytest.raises(UserError, match="no memory rule"):
         model_config(ModelConfig("transformer++", memory=dict(chunk_size=4)), 256)
+
+
+def test_tnt_stage2_changes_only_the_local_chunk_sizes(tmp_path):
+    """TNT §3.3 as a training option: the last 2 of 5 steps run with local chunk 1 (tiny: 4). The steps before
+    equal a one-stage run's; the parameters keep their names and shapes; the stage-2 checkpoint loads with the
+    stage-2 chunks; resuming inside stage 2 gives the uninterrupted run's losses."""
+    tnt = ModelConfig(preset="tnt", size="tiny")
+    one = train(tiny(tmp_path / "one", model=tnt, max_steps=5, save_every=0))
+    two_config = tiny(tmp_path / "two", model=tnt, max_steps=5, save_every=4, tnt=TNTConfig(2, [1]))
+    two = train(two_config)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [a[s] for s in (1, 2, 3)] == [b[s] for s in (1, 2, 3)] and a[5] != b[5]
+    assert [r for r in metrics.read(tmp_path / "two" / metrics.METRICS) if "stage" in r] == [
+        dict(step=3, stage=2, local_chunk_sizes=[1])]
+    first, second = (load_file(tmp_path / run / "checkpoint-000005" / "model.safetensors") for run in ("one", "two"))
+    assert {k: v.shape for k, v in first.items()} == {k: v.shape for k, v in second.items()}
+    model, _, _ = inference.load(checkpoints.resolve(tmp_path / "two"), torch.device("cpu"))
+    sizes = {m.local_chunk_sizes for m in model.modules() if isinstance(m, TNTMemory)}
+    assert sizes == {(1,)} and one["val_loss"] != two["val_loss"]
+    branch = tmp_path / "branch"
+    train(dataclasses.replace(two_config, out=str(branch), resume=str(tmp_path / "two" / "checkpoint-000004")))
+    assert losses(branch) == b
+    with pytest.raises(UserError, match="needs a TNT model"):
+        train(tiny(tmp_path / "bad", tnt=TNTConfig(2, [1])))
+    with pytest.raises(UserError, match="local_chunk_sizes"):
+        train(tiny(tmp_path / "bad", model=tnt, tnt=TNTConfig(2, [3])))
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon", "m3"])

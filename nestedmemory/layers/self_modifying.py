@@ -4,13 +4,16 @@ Every projection except the query is itself a memory that learns in context, and
 generates itself:
 
     q_t = W_q x_t                          (the only non-adaptive projection, Eq. 83; conv + SiLU + ℓ2-norm)
-    k_t = M_k(x_t),  v_t = M_v(x_t),  η_t = g_η(M_η(x_t)),  α_t = g_α(M_α(x_t))          (Eq. 84)
+    k_t = ℓ2(M_k(x_t)),  v_t = ℓ2(M_v(x_t)),  η_t = g_η(M_η(x_t)),  α_t = g_α(M_α(x_t))  (Eq. 84)
     v̂_□,t = M_□(v_t)                     for □ ∈ {k, v, η, α, memory}                 (Eq. 85)
     M_□ ← M_□ (α'_t I − η_t k_t k_tᵀ) − η_t ∇ℓ2(M_□; k_t, v̂_□,t)   (DGD with weight decay, Eq. 86–88)
     o_t = M_memory(q_t)
 
 Each M_□ is a residual MLP ``x + W_1 σ(W_2 x)`` per head (Eq. 89/91) with a meta-learned initial state (NL §3.3,
-knowledge transfer by initialisation). Chunkwise training (Eq. 90): within a chunk every generated quantity
+knowledge transfer by initialisation). Stability (docs/decisions.md): v is ℓ2-normalised (with ``‖v‖ > 2`` the
+self-generated target makes the write expansive) and DGD takes its implicit step ``η/(1 + η‖h‖²)`` per layer
+(``MemoryRule.proximal``). ``momentum`` adds Titans' momentum to the gradient term (the core's ``dgd-momentum``).
+Chunkwise training (Eq. 90): within a chunk every generated quantity
 (k, v, η, α, v̂) comes from the memories' states at the chunk start. Two chunk sizes: ``chunk_size`` for M_memory
 and ``generator_chunk_size`` shared by M_k, M_v, M_η, M_α; one must divide the other, and the layer advances in
 steps of the smaller one, so each step sees frozen generation points and the memory core does the writes (the
@@ -20,7 +23,8 @@ Gates (per head, SPEC §6.5 [?]: the paper leaves their reduction open): ``η_t 
 ``α_t = σ(⟨u_α, M_α(x_t)⟩ + b_α)`` with ``b`` set so every token gets ``lr_init`` / ``decay_init`` up to the small
 random read-out ``u`` (which keeps M_η and M_α in the gradient path from the first step). The DGD decay
 ``α'_t = 1 − α_t``; ``decay_init`` = 1e-4: at 1e-3 the meta-learned initial memory decays to 1% of its norm over
-4K tokens (measured), at 1e-4 it keeps 38% while the writes build the learned part. Outputs: per-head RMSNorm ⊙ SiLU(W_g x) → W_o, as in :class:`MemoryMixer`.
+4K tokens (measured), at 1e-4 it keeps 38% while the writes build the learned part. Outputs: per-head RMSNorm ⊙
+SiLU(W_g x) → W_o, as in :class:`MemoryMixer`.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ class SelfModifyingTitans(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
                  generator_chunk_size: int | None = None, expansion: int = 4, generator_expansion: int = 1,
                  activation: str = "gelu", conv_size: int = 4, lr_init: float | None = None,
-                 lr_max: float | None = None, decay_init: float = 1e-4, mode: str = "chunked", layer_idx: int = 0):
+                 lr_max: float | None = None, decay_init: float = 1e-4, momentum: float | None = None,
+                 relaxation: float = 1.0, mode: str = "chunked", layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         generator_chunk_size = chunk_size if generator_chunk_size is None else generator_chunk_size
@@ -64,8 +69,11 @@ class SelfModifyingTitans(nn.Module):
             raise ValueError(f"lr_init must lie in (0, lr_max={lr_max}), got {lr_init}")
         if not 0 < decay_init < 1:
             raise ValueError(f"decay_init must lie in (0, 1), got {decay_init}")
+        if momentum is not None and not 0 < momentum < 1:
+            raise ValueError(f"momentum must be None or lie in (0, 1), got {momentum}")
         common = dict(memory="mlp", depth=2, residual=True, activation=activation, objective="l2",
-                      retention="decay", learner="dgd")
+                      retention="decay", learner="dgd" if momentum is None else "dgd-momentum", proximal=True,
+                      relaxation=relaxation)
         self.rule = MemoryRule(expansion=expansion, chunk_size=chunk_size, **common)
         self.generator_rule = MemoryRule(expansion=generator_expansion, chunk_size=generator_chunk_size, **common)
         self.heads, self.head_dim, self.layer_idx, self.mode, self.lr_max = num_heads, head_dim, layer_idx, mode, lr_max
@@ -80,6 +88,8 @@ class SelfModifyingTitans(nn.Module):
         self.gate_readout = nn.Parameter(0.1 * torch.randn(2, num_heads, head_dim, generator=g) / head_dim ** 0.5)
         self.gate_bias = nn.Parameter(torch.tensor([[logit(lr_init / lr_max)], [logit(decay_init)]])
                                       .expand(2, num_heads).clone())
+        # the momentum coefficient η' of every memory: a learned constant per head
+        self.momentum_logit = None if momentum is None else nn.Parameter(torch.full((num_heads,), logit(momentum)))
         self.norm = RMSNorm(head_dim)
         self.g_proj = nn.Linear(dim, inner, bias=False)
         self.o_proj = nn.Linear(inner, dim, bias=False)
@@ -89,8 +99,10 @@ class SelfModifyingTitans(nn.Module):
         return min(self.rule.chunk_size, self.generator_rule.chunk_size)
 
     def initial_state(self) -> dict:
-        return {"memory": MemoryState(weights=list(self.initial)),
-                "generators": MemoryState(weights=list(self.generator_initial))}
+        def state(weights):
+            momentum = None if self.momentum_logit is None else [torch.zeros_like(w) for w in weights]
+            return MemoryState(weights=list(weights), momentum=momentum)
+        return {"memory": state(self.initial), "generators": state(self.generator_initial)}
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         t = hidden_states.shape[1]
@@ -129,26 +141,29 @@ class SelfModifyingTitans(nn.Module):
         x_rep = x.repeat(1, 1, reps, 1)  # [B, n, 4H, D]: one copy per generator memory
         reads = _read(self.generator_rule, gen_point, x_rep).split(h, dim=2)
         k = F.normalize(reads[0], dim=-1)
-        v = reads[1]
+        v = F.normalize(reads[1], dim=-1)
         logits = (torch.stack(reads[2:], 0) * self.gate_readout[:, None, None]).sum(-1)  # [2, B, n, H]
         lr = self.lr_max * torch.sigmoid(logits[0] + self.gate_bias[0])
         decay = torch.sigmoid(logits[1] + self.gate_bias[1])
-        targets = _read(self.generator_rule, gen_point, v.repeat(1, 1, reps, 1))  # v̂_□ = M_□(v) (Eq. 85)
-        target_memory = _read(self.rule, mem_point, v)  # v̂_memory
+        # v̂_□ = ℓ2(M_□(v)) (Eq. 85, normalised: a target that grows with the memory makes the write expansive)
+        targets = F.normalize(_read(self.generator_rule, gen_point, v.repeat(1, 1, reps, 1)), dim=-1)
+        target_memory = F.normalize(_read(self.rule, mem_point, v), dim=-1)
+        momentum = None if self.momentum_logit is None else torch.sigmoid(self.momentum_logit).expand_as(lr)
+        repeat = lambda g: None if g is None else g.repeat(1, 1, reps)  # noqa: E731
         _, gen_state = memorize(x_rep, k.repeat(1, 1, reps, 1), targets, self.generator_rule,
-                                lr=lr.repeat(1, 1, reps), decay=decay.repeat(1, 1, reps),
+                                lr=repeat(lr), decay=repeat(decay), momentum=repeat(momentum),
                                 initial_state=states["generators"], output_final_state=True, mode=self.mode)
-        out, mem_state = memorize(q, k, target_memory, self.rule, lr=lr, decay=decay,
+        out, mem_state = memorize(q, k, target_memory, self.rule, lr=lr, decay=decay, momentum=momentum,
                                   initial_state=states["memory"], output_final_state=True, mode=self.mode)
         return out, {"memory": mem_state, "generators": gen_state}
 
 
 def _initial(rule: MemoryRule, heads: int, dim: int, generator) -> list[nn.Parameter]:
-    """Meta-learned initial weights ``[H, in, out]``: ``N(0, 1/in)`` for the inner layer, zero for the outer, so
-    every residual memory starts as the identity (k = x, v = x, v̂ = v) and learns its deviation."""
-    shapes = rule.weight_shapes(dim)
-    inner = torch.randn(heads, *shapes[0], generator=generator) / shapes[0][0] ** 0.5
-    return [nn.Parameter(inner), nn.Parameter(torch.zeros(heads, *shapes[1]))]
+    """Meta-learned initial weights ``[H, in, out]``, ``N(0, 1/in)`` for both layers: every memory starts as the
+    identity plus its own random deviation. (Starting at the identity, ``k = v`` and ``v̂ = v``: every write's error
+    ``M(k) − v̂`` is zero and nothing learns.)"""
+    return [nn.Parameter(torch.randn(heads, *shape, generator=generator) / shape[0] ** 0.5)
+            for shape in rule.weight_shapes(dim)]
 
 
 def _point(state: MemoryState) -> list:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .maps import chunk_end, lag_step, memory_of, newton_schulz
+from .maps import chunk_end, lag_step, memory_of, newton_schulz, proximal_scale
 from .nets import explicit, forward, write_factors
 from .objectives import output_grad
 
@@ -177,9 +177,14 @@ def _coefficients(rule, lr, retain, momentum, gamma, active):
         coef.update(P=window(torch.exp(segsum(log_m))), m=torch.exp(log_m.cumsum(-1)),
                     Dtheta=decay * theta.unsqueeze(-2))
     else:  # dgd: β_{t-1}/β_i θ_i for the strictly lower triangle, and β_{t-1}
-        coef.update(Dtheta=decay * theta.unsqueeze(-2),
-                    L=torch.exp(seg - log_a.unsqueeze(-1)).tril(-1) * theta.unsqueeze(-2),
+        prev = torch.exp(seg - log_a.unsqueeze(-1)).tril(-1)
+        coef.update(Dtheta=decay * theta.unsqueeze(-2), theta=theta, L=prev * theta.unsqueeze(-2),
                     beta_prev=torch.exp(log_a.cumsum(-1) - log_a))
+        if rule.learner == "dgd-momentum":  # S_i = m_i S_0 − Σ_j P[i,j] θ_j h_jᵀδ_j enters W_t for active i
+            log_m = move(_log(momentum))
+            on = move(active).unsqueeze(-2)
+            coef.update(Ptheta=torch.exp(segsum(log_m)) * theta.unsqueeze(-2), m=torch.exp(log_m.cumsum(-1)),
+                        Dactive=decay * on, Lactive=prev * on)
     return coef
 
 
@@ -232,22 +237,56 @@ def _linear_segment(rule, q, q_raw, weights, momentum, factors, coef):
 
 def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
     """DGD: ``U_t = h_t W_{t−1} + δ_t`` solves ``(I + L) U = β_{t−1} (H W_0) + Δ`` with
-    ``L[t,i] = (β_{t−1}/β_i) θ_i (h_t·h_i)`` (i < t); then ``W_t = β_t W_0 − Σ_{i≤t} (β_t/β_i) θ_i h_iᵀ U_i``."""
-    beta, d_theta = coef["beta"][:, :, 0], coef["Dtheta"][:, :, 0]
-    us = []
-    for (x, delta), w in zip(factors, weights):
-        system = coef["L"][:, :, 0] * (x @ x.transpose(-1, -2))
-        rhs = coef["beta_prev"][:, :, 0].unsqueeze(-1) * (x @ w) + delta
-        us.append(torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True))
+    ``L[t,i] = (β_{t−1}/β_i) θ_i (h_t·h_i)`` (i < t); then ``W_t = β_t W_0 − Σ_{i≤t} (β_t/β_i) θ_i h_iᵀ U_i``.
+    With ``rule.proximal`` each layer's ``θ_i`` is its implicit step ``ω θ_i / (1 + θ_i ‖h_i‖²)``: the columns of
+    ``L`` and ``D_θ`` are scaled by ``ω / (1 + θ_i ‖h_i‖²)`` (``ω = rule.relaxation``).
+
+    ``dgd-momentum`` (``W_t = (a_t I − θ_t h_tᵀh_t) W_{t−1} + S_t``, ``S_t = η_t S_{t−1} − θ_t h_tᵀδ_t``):
+    ``U_t = h_t W_{t−1}`` (δ enters through ``S``) solves
+    ``(I + L ⊙ HHᵀ) U = β_{t−1} (H W_0) + (D'm) ⊙ (H S_0) − (D'PΘ ⊙ HHᵀ) Δ`` and
+    ``W_t = β_t W_0 + (Dm)_t S_0 − Σ_i (DPΘ)[t,i] h_iᵀδ_i − Σ_i (DΘ)[t,i] h_iᵀ U_i``, with ``D`` / ``D'`` the
+    inclusive / strict decay products ``β_t/β_i``, ``β_{t−1}/β_i`` (zero on padding columns), ``P[i,j] =
+    Π_{j<l≤i} η_l``, ``m_i = Π_{l≤i} η_l``, ``Θ = diag(θ)``."""
+    beta, beta_prev = coef["beta"][:, :, 0], coef["beta_prev"][:, :, 0].unsqueeze(-1)
+    with_momentum = rule.learner == "dgd-momentum"
+    if with_momentum:
+        d_m, prev_m = (coef[name][:, :, 0] @ coef["m"][:, :, 0].unsqueeze(-1) for name in ("Dactive", "Lactive"))
+    per_layer = []
+    for (x, delta), w, s0 in zip(factors, weights, momentum or [None] * len(factors)):
+        scale = rule.relaxation * proximal_scale(_rows(coef["theta"][:, :, 0:1]), x).transpose(-1, -2) \
+            if rule.proximal else 1.0
+        gram = x @ x.transpose(-1, -2)
+        d_theta = coef["Dtheta"][:, :, 0] * scale
+        layer = {"d_theta": d_theta}
+        if with_momentum:  # δ enters through S, U_t = h_t W_{t−1}
+            p_theta = coef["Ptheta"][:, :, 0] * scale
+            layer.update(p_theta=p_theta, dp=coef["Dactive"][:, :, 0] @ p_theta)
+            rhs = beta_prev * (x @ w) + prev_m * (x @ s0) - ((coef["Lactive"][:, :, 0] @ p_theta) * gram) @ delta
+        else:
+            rhs = beta_prev * (x @ w) + delta
+        system = coef["L"][:, :, 0] * scale * gram
+        layer["u"] = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        per_layer.append(layer)
 
     def mm(layer, r):
-        x = factors[layer][0]
-        return beta.unsqueeze(-1) * (r @ weights[layer]) - ((r @ x.transpose(-1, -2)) * d_theta) @ us[layer]
+        (x, delta), c = factors[layer], per_layer[layer]
+        scores = r @ x.transpose(-1, -2)
+        z = beta.unsqueeze(-1) * (r @ weights[layer]) - (scores * c["d_theta"]) @ c["u"]
+        if with_momentum:
+            z = z + d_m * (r @ momentum[layer]) - (scores * c["dp"]) @ delta
+        return z
 
     out, _ = forward(rule, q, q_raw, mm)
-    new_w = [beta[..., -1:, None] * w - x.transpose(-1, -2) @ (d_theta[..., -1, :].unsqueeze(-1) * u)
-             for w, (x, _), u in zip(weights, factors, us)]
-    return out, new_w, momentum
+    new_w, new_s = [], momentum
+    for (x, delta), w, c in zip(factors, weights, per_layer):
+        new_w.append(beta[..., -1:, None] * w - x.transpose(-1, -2) @ (c["d_theta"][..., -1, :].unsqueeze(-1) * c["u"]))
+    if with_momentum:
+        m_last = coef["m"][:, :, 0][..., -1:, None]
+        new_w = [w_c + d_m[..., -1:, :] * s0 - x.transpose(-1, -2) @ (c["dp"][..., -1, :].unsqueeze(-1) * delta)
+                 for w_c, (x, delta), s0, c in zip(new_w, factors, momentum, per_layer)]
+        new_s = [m_last * s0 - x.transpose(-1, -2) @ (c["p_theta"][..., -1, :].unsqueeze(-1) * delta)
+                 for (x, delta), s0, c in zip(factors, momentum, per_layer)]
+    return out, new_w, new_s
 
 
 def _muon_segment(rule, q, q_raw, weights, momentum, factors, coef):
@@ -279,4 +318,5 @@ def _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef):
 
 
 _SEGMENTS = {"gd": _linear_segment, "omega": _linear_segment, "momentum": _linear_segment,
-             "muon": _muon_segment, "dgd": _dgd_segment}
+             "muon": _muon_segment, "dgd": _dgd_segment,
+             "dgd-momentum": _dgd_segment}

@@ -30,6 +30,14 @@ def newton_schulz(s, steps: int):
     return x.to(s.dtype)
 
 
+def proximal_scale(lr, x):
+    """``1 / (1 + θ ‖x‖²)``: DGD's implicit step is ``θ' = θ / (1 + θ ‖x‖²)`` (NL App. C), with which
+    ``W ← (I − θ' xᵀx) W − θ' xᵀδ`` is the exact minimiser of ``⟨xᵀδ, W⟩ + ½‖xW‖² + ‖W − W_prev‖² / 2θ``
+    (Sherman–Morrison). ``lr`` ``[..., N, G]``, layer inputs ``x`` ``[..., N, in]``; the norm is taken in ``lr``'s
+    (≥ fp32) precision. Returned as a factor so that ``θ = 0`` (padding) needs no division."""
+    return 1 / (1 + lr * x.to(lr.dtype).square().sum(-1, keepdim=True))
+
+
 def lq_link(acc, q: float, eps: float):
     """Moneta's map from the accumulator to the memory, ``W = sign(A) |A|^{q−1} / ‖A‖_q^{q−2}`` per matrix
     (Miras Eq. 25 with the element-wise power of the L_q link restored, see docs/decisions.md): homogeneous of degree

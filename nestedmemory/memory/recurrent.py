@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from .maps import chunk_end, lag_step, memory_of, newton_schulz
+from .maps import chunk_end, lag_step, memory_of, newton_schulz, proximal_scale
 from .nets import explicit, forward
 from .objectives import loss
 
@@ -79,7 +79,11 @@ def learn(rule, weights, momentum, grads, inputs, lr, retain, mom):
     if rule.learner == "muon":
         momentum = [mom * m - g for m, g in zip(momentum, grads)]
         return [retain * w + lr * newton_schulz(m, rule.ns_steps) for w, m in zip(weights, momentum)], momentum
-    if rule.learner == "dgd":
-        return [retain * w - lr * (x.transpose(-1, -2) @ (x @ w) + g)
-                for w, g, x in zip(weights, grads, inputs)], momentum
+    if rule.is_dgd:
+        steps = [lr * rule.relaxation * proximal_scale(lr, x) if rule.proximal else lr for x in inputs]
+        new = [retain * w - step * (x.transpose(-1, -2) @ (x @ w)) for w, x, step in zip(weights, inputs, steps)]
+        if rule.learner == "dgd":
+            return [w - step * g for w, g, step in zip(new, grads, steps)], momentum
+        momentum = [mom * m - step * g for m, g, step in zip(momentum, grads, steps)]
+        return [w + m for w, m in zip(new, momentum)], momentum
     return [retain * w - lr * g for w, g in zip(weights, grads)], momentum

@@ -22,7 +22,7 @@ ACTIVATIONS = ("gelu", "silu", "relu", "tanh", "identity")
 FEATURE_MAPS = (None, "poly", "exp")
 OBJECTIVES = ("dot", "l2", "lp", "huber", "robust")
 RETENTIONS = ("none", "decay", "lq", "kl", "elastic")
-LEARNERS = ("gd", "momentum", "omega", "muon", "dgd")
+LEARNERS = ("gd", "momentum", "omega", "muon", "dgd", "dgd-momentum")
 #: retentions whose non-linear map is applied once per chunk, on its first ("lag") token (Miras Eq. 30-32).
 LAG_RETENTIONS = ("lq", "kl", "elastic")
 
@@ -59,7 +59,13 @@ class MemoryRule:
     ``S_t = η_t S_{t−1} − θ_t u_t``, ``W_t = (1−α_t)W_{t−1} + S_t``), ``omega`` (= ``gd``; named for the
     Omega rule, set ``window``), ``muon`` (Atlas Eq. 32-33, descent form: ``S_t = η_t S_{t−1} − u_t``,
     ``W_t = (1−α_t)W_{t−1} + θ_t NS_k(S_t)``), ``dgd`` (Hope Eq. 88 in row form:
-    ``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} − θ_t u_t``, ``x_t`` the layer's input). The surprise
+    ``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} − θ_t u_t``, ``x_t`` the layer's input; ``proximal=True`` replaces
+``θ_t`` per layer by ``ω θ_t / (1 + θ_t ‖x_t‖²)``, at ``relaxation`` ``ω = 1`` the implicit step of the same
+objective (NL App. C, by Sherman–Morrison): the eigenvalue ``1−α_t−θ‖x‖²`` along ``x`` then lies in
+``(1−α_t−ω, 1−α_t]`` whatever the input norm; ``ω`` up to 2 over-relaxes it so it can reach −1 (reflections,
+which state tracking such as parity needs, Grazzi et al. 2025)), ``dgd-momentum``
+(DGD whose gradient term goes through a momentum, Hope's "momentum" ablation: ``S_t = η_t S_{t−1} − θ_t u_t``,
+``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} + S_t``; see ``docs/decisions.md``). The surprise
     ``u_t = Σ_{r<c} γ_{t,r} ∇ℓ(A; k_{t−r}, v_{t−r})`` (Omega window ``c``, Atlas Eq. 9) is taken at ``A``, the
     memory at the end of the previous chunk, for every token of a chunk (SPEC §2.2).
     """
@@ -81,6 +87,8 @@ class MemoryRule:
     shrink: float = 0.0
     learner: str = "gd"
     window: int = 1
+    proximal: bool = False
+    relaxation: float = 1.0
     ns_steps: int = 5
     chunk_size: int = 64
 
@@ -118,8 +126,14 @@ class MemoryRule:
                                  f"got learner={self.learner!r}")
             if self.window != 1:
                 raise ValueError(f"MemoryRule.window must be 1 with retention={self.retention!r}")
-        if self.learner == "dgd" and self.window != 1:
-            raise ValueError("MemoryRule.window must be 1 with learner='dgd'")
+        if self.is_dgd and self.window != 1:
+            raise ValueError(f"MemoryRule.window must be 1 with learner={self.learner!r}")
+        if not 0 < self.relaxation <= 2 or (self.relaxation != 1 and not self.proximal):
+            raise ValueError(f"MemoryRule.relaxation must lie in (0, 2] and needs proximal=True, got "
+                             f"{self.relaxation!r}")
+        if self.proximal and (not self.is_dgd or self.feature_map == "exp"):
+            raise ValueError("MemoryRule.proximal (the implicit DGD step) needs learner='dgd' or 'dgd-momentum' on "
+                             "a parametric memory (not feature_map='exp')")
         if self.feature_map == "exp":
             if self.memory != "linear":
                 raise ValueError("MemoryRule.feature_map='exp' (DeepTransformers / Dot) needs memory='linear'")
@@ -131,7 +145,11 @@ class MemoryRule:
     # ------------------------------------------------------------------ shapes
     @property
     def uses_momentum(self) -> bool:
-        return self.learner in ("momentum", "muon")
+        return self.learner in ("momentum", "muon", "dgd-momentum")
+
+    @property
+    def is_dgd(self) -> bool:
+        return self.learner in ("dgd", "dgd-momentum")
 
     @property
     def is_lag(self) -> bool:

@@ -10,6 +10,7 @@ from .config import (
                      ModelConfig,
                      OptimConfig,
                      SampleConfig,
+                     TNTConfig,
                      TrainConfig,
                      model_config,
 )
@@ -17,4 +18,4 @@ from .errors import CheckpointError, UserError
 from .loop import train
 
 __all__ = ["DEFAULT_PRESET", "DEFAULT_SIZE", "TRAIN_SIZES", "CheckpointError", "DataConfig", "ModelConfig",
-           "OptimConfig", "SampleConfig", "TrainConfig", "UserError", "model_config", "train"]
+           "OptimConfig", "SampleConfig", "TNTConfig", "TrainConfig", "UserError", "model_config", "train"]

@@ -91,6 +91,19 @@ class OptimConfig:
 
 
 @dataclass
+class TNTConfig:
+    """TNT's two-stage schedule (TNT §3.3; ``tnt`` models only).
+
+    Args:
+        stage2_steps: the last steps of the run train with ``local_chunk_sizes`` (stage 2; 0: one stage)
+        local_chunk_sizes: the stage-2 chunk size of every local memory, e.g. ``[1]``
+    """
+
+    stage2_steps: int = 0
+    local_chunk_sizes: list[int] | None = None
+
+
+@dataclass
 class SampleConfig:
     """Sampling.
 
@@ -118,6 +131,7 @@ class TrainConfig:
         data: the training text
         optim: the optimizer
         sample: the sample printed at the end
+        tnt: TNT's stage 2 (smaller local chunks for the last steps)
         out: run folder (default ``runs/<preset>-<size>-<date>-<time>``)
         resume: continue from a checkpoint, or the latest checkpoint of a run folder (with ``out``: into a new folder)
         max_steps: optimizer steps
@@ -138,6 +152,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    tnt: TNTConfig = field(default_factory=TNTConfig)
     out: str | None = None
     resume: str | None = None
     max_steps: int = 200

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..data import TextData, load_tokenizer
 from ..models import NestedMemoryForCausalLM
-from . import checkpoint, distributed, inference, metrics
+from . import checkpoint, distributed, inference, metrics, stages
 from .config import TrainConfig, incompatible, model_config
 from .errors import CheckpointError, UserError
 from .evaluate import loss_sums, summary, unigram_loss
@@ -67,6 +67,7 @@ class Trainer:
         self.model = NestedMemoryForCausalLM(self.model_config)
         if resumed:
             self.model.load_state_dict(resumed["weights"])
+        self.stage2_at, self.in_stage2 = stages.stage2_start(config, self.model), False
         self.model.to(processes.device)
         if config.compile:
             self.model.compile()
@@ -131,6 +132,8 @@ class Trainer:
         began = time.perf_counter()
         try:
             while self.step < config.max_steps and not processes.any(self.stop_requested):
+                if self.stage2_at is not None and self.step >= self.stage2_at and not self.in_stage2:
+                    self._enter_stage2()
                 loss, grad_norm = self._train_step(self._next(batches))
                 self.step += 1
                 self.accumulated = [self.accumulated[0] + loss, self.accumulated[1] + 1]
@@ -151,6 +154,13 @@ class Trainer:
                 print(f"interrupted at step {self.step}; resume with: nestedmemory train --resume {self.run_dir}")
             return dict(run_dir=str(self.run_dir), step=self.step, interrupted=True)
         return self._finish(final)
+
+    def _enter_stage2(self) -> None:
+        stages.enter_stage2(self.model, self.config.tnt.local_chunk_sizes)
+        self.in_stage2 = True
+        self._record(stage=2, local_chunk_sizes=list(self.config.tnt.local_chunk_sizes))
+        if self.processes.main:
+            tqdm.write(f"step {self.step}: TNT stage 2, local chunk sizes {self.config.tnt.local_chunk_sizes}")
 
     def _request_stop(self, signum, frame) -> None:
         """Ctrl-C: finish the current step, write a checkpoint, stop. A second Ctrl-C stops at once."""
