@@ -26,6 +26,11 @@ def frozen(gates: dict) -> dict:
     return {name: torch.zeros_like(g) if name in ("lr", "decay", "momentum") else g for name, g in gates.items()}
 
 
+#: the momentum gate's bound η < 0.95: the outer loop drove an unbounded gate to η = 0.996 with θ = 0.037, an
+#: effective inner step θ/(1 − η) ≈ 9 per token, and the memory read to 2·10³⁰ within 64 tokens (docs/tnt.md).
+MOMENTUM_MAX = 0.95
+
+
 class RuleParameters(nn.Module):
     """The outer-loop parameters of one multi-head memory running ``rule``: its token-wise gates and learnable
     initial state (documented in :class:`MemoryMixer`). :meth:`build_rule_parameters` creates them, so a subclass
@@ -46,8 +51,8 @@ class RuleParameters(nn.Module):
         self.lr = Gate(dim, num_heads, init=lr_init, scale=lr_max, channels=channels, rank=gate_rank)
         self.decay = None if rule.retention == "none" else \
             Gate(dim, num_heads, init=decay_init, channels=channels, rank=gate_rank)
-        self.momentum = Gate(dim, num_heads, init=momentum_init, channels=channels, rank=gate_rank) \
-            if rule.uses_momentum else None
+        self.momentum = Gate(dim, num_heads, init=momentum_init, scale=MOMENTUM_MAX, channels=channels,
+                             rank=gate_rank) if rule.uses_momentum else None
         self.threshold = nn.Linear(dim, num_heads) if rule.objective == "huber" else None
         self.shift = nn.Linear(dim, num_heads) if rule.objective == "robust" else None
         for lin, value in ((self.threshold, threshold_init), (self.shift, shift_init)):
@@ -102,7 +107,8 @@ class MemoryMixer(RuleParameters):
 
     Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``: a chunk of
     C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
-    (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9): with these the memory keeps
+    (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9, bounded by
+    :data:`MOMENTUM_MAX`): with these the memory keeps
     its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
     rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
     (Titans: SiLU on q, k and v)."""
