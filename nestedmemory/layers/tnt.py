@@ -129,12 +129,16 @@ class TNTMemory(MemoryMixer):
         """Stage 2 (TNT §3.3): continue with local chunks ``C'_{L,i}`` (e.g. smaller, down to 1 for decoding).
         Only the local rules' ``chunk_size`` changes; parameters, shards and the global memory stay. Call it between
         sequences, not with a decoding cache that holds a partly filled local chunk."""
+        for memory, c in zip(self.local_memories, self.check_local_chunk_sizes(sizes)):
+            memory.rule = replace(memory.rule, chunk_size=c)
+
+    def check_local_chunk_sizes(self, sizes: Sequence[int]) -> tuple[int, ...]:
+        """``sizes`` as a tuple if this layer can take them as its local chunk sizes, else ``ValueError``."""
         chunks = _positive_ints("local_chunk_sizes", sizes)
         if len(chunks) != len(self.local_memories):
             raise ValueError(f"local_chunk_sizes needs {len(self.local_memories)} entries, got {len(chunks)}")
         check_local_sizes(chunks, self.shard_sizes)
-        for memory, c in zip(self.local_memories, chunks):
-            memory.rule = replace(memory.rule, chunk_size=c)
+        return chunks
 
     def mix(self, q, k, v, x, real, cache, use_cache):
         """Eq. 15: the global read plus every local read, and the cache entry (without the conv windows)."""

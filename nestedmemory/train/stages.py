@@ -6,7 +6,6 @@ as they were. The model config is updated too, so checkpoints of stage 2 load wi
 from __future__ import annotations
 
 from ..layers import TNTMemory
-from ..layers.tnt import check_local_sizes
 from .errors import UserError
 
 
@@ -22,12 +21,9 @@ def stage2_start(config, model) -> int | None:
         raise UserError(f"tnt.stage2_steps needs a TNT model; preset {config.model.preset!r} has architecture "
                         f"{model.config.architecture!r}")
     try:
-        chunks, _ = check_local_sizes(sizes or (), layers[0].shard_sizes)
+        layers[0].check_local_chunk_sizes(sizes or ())
     except (TypeError, ValueError) as error:
         raise UserError(f"tnt.local_chunk_sizes: {error}") from error
-    if len(chunks) != len(layers[0].local_chunk_sizes):
-        raise UserError(f"tnt.local_chunk_sizes needs {len(layers[0].local_chunk_sizes)} entries (one per local "
-                        f"memory), got {sizes}")
     return config.max_steps - steps
 
 
