@@ -104,6 +104,20 @@ def test_proximal_dgd(arch, chunk_size, length, learner, relaxation):
     assert_same(run_both(rule, length, lr_scale=20.0), 1e-9)
 
 
+INNER_BOUND = [dict(memory="mlp"), dict(memory="mlp", depth=3, activation="silu"), dict(memory="mlp", gated=True)]
+
+
+@pytest.mark.parametrize("arch", INNER_BOUND, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
+@pytest.mark.parametrize("chunk_size,length", [(1, 7), (4, 11)])
+@pytest.mark.parametrize("learner,proximal,relaxation", [("dgd", True, 2.0), ("dgd-momentum", True, 1.0),
+                                                         ("dgd", False, 1.0)])
+def test_inner_layer_step_bound(arch, chunk_size, length, learner, proximal, relaxation):
+    """``inner_lr_max`` below most steps (up to 1), so the bound is active on most tokens."""
+    rule = MemoryRule(**arch, learner=learner, proximal=proximal, relaxation=relaxation, inner_lr_max=0.3,
+                      chunk_size=chunk_size)
+    assert_same(run_both(rule, length, lr_scale=20.0), 1e-9)
+
+
 @pytest.mark.parametrize("learner", ["omega", "momentum", "muon"])
 @pytest.mark.parametrize("memory", ["linear", "mlp"])
 @pytest.mark.parametrize("window", [2, 4])

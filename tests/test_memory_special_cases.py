@@ -211,6 +211,28 @@ def test_over_relaxed_proximal_dgd_reflects():
         assert relative_error(ref, out) < 1e-6
 
 
+def test_inner_layer_step_bound_leaves_the_output_layer_alone():
+    """``inner_lr_max`` bounds the step of the layers before the output layer only: a bound above every step changes
+    nothing, a vanishing bound freezes the inner layer while the output layer learns as without it."""
+    theta = uniform(2.0, 5.0, 23)
+    shapes = MemoryRule(memory="mlp", learner="dgd").weight_shapes(D)
+    w0 = [unit(B, H, *shape, seed=24 + i) for i, shape in enumerate(shapes)]
+
+    def final(**options):
+        rule = MemoryRule(memory="mlp", learner="dgd", proximal=True, relaxation=2.0, chunk_size=4, **options)
+        out, state = memorize(q, k, v, rule, lr=theta, decay=torch.zeros_like(theta),
+                              initial_state=rule_state(rule, *w0), output_final_state=True)
+        return out, state.weights
+
+    out, weights = final()
+    same_out, same_weights = final(inner_lr_max=10.0)
+    assert relative_error(out, same_out) < 1e-12
+    assert all(relative_error(a, b) < 1e-12 for a, b in zip(weights, same_weights))
+    _, frozen = final(inner_lr_max=1e-12)
+    assert relative_error(w0[0], frozen[0]) < 1e-9
+    assert relative_error(w0[1], frozen[1]) > 1e-2
+
+
 def test_dot_bias_with_decay_is_mamba2_ssd_at_every_chunk_size():
     """Mamba2's SSD, ``h_t = exp(Δ_t A) h_{t−1} + Δ_t B_tᵀ x_t``, ``y_t = C_t h_t``: the dot bias with decay
     ``1 − exp(Δ_t A)``, lr Δ_t, keys B, values x, queries C; its gradient does not depend on the memory, so every

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .maps import chunk_end, lag_step, memory_of, newton_schulz, proximal_scale
+from .maps import chunk_end, dgd_scale, lag_step, memory_of, newton_schulz
 from .nets import explicit, forward, write_factors
 from .objectives import output_grad
 
@@ -238,8 +238,8 @@ def _linear_segment(rule, q, q_raw, weights, momentum, factors, coef):
 def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
     """DGD: ``U_t = h_t W_{t−1} + δ_t`` solves ``(I + L) U = β_{t−1} (H W_0) + Δ`` with
     ``L[t,i] = (β_{t−1}/β_i) θ_i (h_t·h_i)`` (i < t); then ``W_t = β_t W_0 − Σ_{i≤t} (β_t/β_i) θ_i h_iᵀ U_i``.
-    With ``rule.proximal`` each layer's ``θ_i`` is its implicit step ``ω θ_i / (1 + θ_i ‖h_i‖²)``: the columns of
-    ``L`` and ``D_θ`` are scaled by ``ω / (1 + θ_i ‖h_i‖²)`` (``ω = rule.relaxation``).
+    Each layer's ``θ_i`` is its own step (``maps.dgd_scale``: the inner layers' bound, the implicit step
+    ``ω θ_i / (1 + θ_i ‖h_i‖²)``): the columns of ``L`` and ``D_θ`` are scaled by ``θ'_i / θ_i``.
 
     ``dgd-momentum`` (``W_t = (a_t I − θ_t h_tᵀh_t) W_{t−1} + S_t``, ``S_t = η_t S_{t−1} − θ_t h_tᵀδ_t``):
     ``U_t = h_t W_{t−1}`` (δ enters through ``S``) solves
@@ -252,9 +252,8 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
     if with_momentum:
         d_m, prev_m = (coef[name][:, :, 0] @ coef["m"][:, :, 0].unsqueeze(-1) for name in ("Dactive", "Lactive"))
     per_layer = []
-    for (x, delta), w, s0 in zip(factors, weights, momentum or [None] * len(factors)):
-        scale = rule.relaxation * proximal_scale(_rows(coef["theta"][:, :, 0:1]), x).transpose(-1, -2) \
-            if rule.proximal else 1.0
+    for index, ((x, delta), w, s0) in enumerate(zip(factors, weights, momentum or [None] * len(factors))):
+        scale = dgd_scale(rule, _rows(coef["theta"][:, :, 0:1]), x, index).transpose(-1, -2)
         gram = x @ x.transpose(-1, -2)
         d_theta = coef["Dtheta"][:, :, 0] * scale
         layer = {"d_theta": d_theta}

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from .maps import chunk_end, lag_step, memory_of, newton_schulz, proximal_scale
+from .maps import chunk_end, dgd_scale, lag_step, memory_of, newton_schulz
 from .nets import explicit, forward
 from .objectives import loss
 
@@ -80,7 +80,7 @@ def learn(rule, weights, momentum, grads, inputs, lr, retain, mom):
         momentum = [mom * m - g for m, g in zip(momentum, grads)]
         return [retain * w + lr * newton_schulz(m, rule.ns_steps) for w, m in zip(weights, momentum)], momentum
     if rule.is_dgd:
-        steps = [lr * rule.relaxation * proximal_scale(lr, x) if rule.proximal else lr for x in inputs]
+        steps = [lr * dgd_scale(rule, lr, x, layer) for layer, x in enumerate(inputs)]
         new = [retain * w - step * (x.transpose(-1, -2) @ (x @ w)) for w, x, step in zip(weights, inputs, steps)]
         if rule.learner == "dgd":
             return [w - step * g for w, g, step in zip(new, grads, steps)], momentum

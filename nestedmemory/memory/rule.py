@@ -63,7 +63,9 @@ class MemoryRule:
 ``θ_t`` per layer by ``ω θ_t / (1 + θ_t ‖x_t‖²)``, at ``relaxation`` ``ω = 1`` the implicit step of the same
 objective (NL App. C, by Sherman–Morrison): the eigenvalue ``1−α_t−θ‖x‖²`` along ``x`` then lies in
 ``(1−α_t−ω, 1−α_t]`` whatever the input norm; ``ω`` up to 2 over-relaxes it so it can reach −1 (reflections,
-which state tracking such as parity needs, Grazzi et al. 2025)), ``dgd-momentum``
+which state tracking such as parity needs, Grazzi et al. 2025); ``inner_lr_max`` bounds ``θ_t`` of every layer but the
+output layer (their gradient term passes through the later layers' Jacobian, which the per-layer implicit step does
+not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
 (DGD whose gradient term goes through a momentum, Hope's "momentum" ablation: ``S_t = η_t S_{t−1} − θ_t u_t``,
 ``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} + S_t``; see ``docs/decisions.md``). The surprise
     ``u_t = Σ_{r<c} γ_{t,r} ∇ℓ(A; k_{t−r}, v_{t−r})`` (Omega window ``c``, Atlas Eq. 9) is taken at ``A``, the
@@ -89,6 +91,7 @@ which state tracking such as parity needs, Grazzi et al. 2025)), ``dgd-momentum`
     window: int = 1
     proximal: bool = False
     relaxation: float = 1.0
+    inner_lr_max: float | None = None
     ns_steps: int = 5
     chunk_size: int = 64
 
@@ -131,6 +134,12 @@ which state tracking such as parity needs, Grazzi et al. 2025)), ``dgd-momentum`
         if not 0 < self.relaxation <= 2 or (self.relaxation != 1 and not self.proximal):
             raise ValueError(f"MemoryRule.relaxation must lie in (0, 2] and needs proximal=True, got "
                              f"{self.relaxation!r}")
+        if self.inner_lr_max is not None:
+            if not self.is_dgd or self.memory != "mlp" or self.depth < 2:
+                raise ValueError("MemoryRule.inner_lr_max (the step bound of a DGD memory's inner layers) needs "
+                                 "learner='dgd' or 'dgd-momentum' and memory='mlp' with depth >= 2")
+            if not self.inner_lr_max > 0:
+                raise ValueError(f"MemoryRule.inner_lr_max must be None or > 0, got {self.inner_lr_max!r}")
         if self.proximal and (not self.is_dgd or self.feature_map == "exp"):
             raise ValueError("MemoryRule.proximal (the implicit DGD step) needs learner='dgd' or 'dgd-momentum' on "
                              "a parametric memory (not feature_map='exp')")
@@ -146,6 +155,11 @@ which state tracking such as parity needs, Grazzi et al. 2025)), ``dgd-momentum`
     @property
     def uses_momentum(self) -> bool:
         return self.learner in ("momentum", "muon", "dgd-momentum")
+
+    @property
+    def output_layer(self) -> int:
+        """The index (in ``state.weights`` order) of the layer whose output is the memory's output."""
+        return 0 if self.memory == "linear" or self.depth == 1 else 1 if self.gated else self.depth - 1
 
     @property
     def is_dgd(self) -> bool:
