@@ -1,11 +1,12 @@
 """Hope on the task suites: the formal-language runner's per-preset options (model overrides, appending a row to
-an existing table), and the training stability of a tiny Hope on parity.
+an existing table), the training stability of a tiny Hope on parity, and the issue's acceptance target: a tiny Hope
+reaches ≥ 95 % Bin0 on parity within minutes on the CPU.
 
 A tiny Hope used to diverge to NaN on parity after ~20 AdamW steps: the self-generated targets ``v̂ = M(v)`` grow with
 the memory being written, which makes the ℓ2 write expansive for un-normalised v (docs/decisions.md, "Stability").
 With v and v̂ ℓ2-normalised and DGD's implicit step it trains; ``test_tiny_hope_parity_training_stays_finite``
-guards it. The acceptance target (≥ 95 % Bin0 on parity within minutes) is not reached: see
-docs/formal_languages.md for what was measured.
+guards it. It then tracked parity only once its memories could reflect (over-relaxed implicit step, large steps on
+the output layer, bounded steps on the inner layer: docs/hope_parity.md); ``test_tiny_hope_learns_parity`` guards it.
 """
 
 import json
@@ -16,6 +17,7 @@ import torch
 from nestedmemory.models import from_preset
 from nestedmemory.tasks import formal
 from nestedmemory.tasks.common import step_seed
+from nestedmemory.tasks.training import train_on_task
 
 
 def test_formal_model_overrides_and_append(tmp_path):
@@ -50,3 +52,16 @@ def test_tiny_hope_parity_training_stays_finite(memory):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+
+
+@pytest.mark.slow
+def test_tiny_hope_learns_parity():
+    """The tiny Hope (its self-modifying Titans blocks, ``cms=None`` as in the formal-languages table) recognises
+    parity at the training lengths 1–50 (every prefix right) after 150 AdamW steps (≈ 1.5 min on one CPU core)."""
+    torch.manual_seed(0)
+    model = from_preset("hope", size="tiny", vocab_size=formal.VOCAB_SIZE, cms=None)
+    losses = train_on_task(model, formal, steps=150, batch_size=32, lr=3e-3, seed=0, language="parity",
+                           bins=formal.BINS[:1])
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    result = formal.evaluate(model, n=128, seed=1_000_003, batch_size=32, language="parity", bins=formal.BINS[:1])
+    assert result["bin"]["0"] >= 0.95, result

@@ -127,13 +127,15 @@ def test_memories_keep_a_usable_norm_over_4k_tokens_at_init():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("momentum,lr_max", [(None, 0.2), (0.9, 0.02)], ids=["dgd", "dgd-momentum"])
+@pytest.mark.parametrize("momentum,lr_max", [(None, 1.5), (None, 0.2), (0.9, 0.02)],
+                         ids=["dgd", "dgd-small-steps", "dgd-momentum"])
 def test_large_inputs_and_steps_keep_the_memories_bounded(momentum, lr_max):
     """Inputs ×10 and every step near ``lr_max`` over 512 tokens: the self-generated targets are normalised and
     the DGD step is implicit, so no memory grows (with un-normalised v a trained tiny Hope's memory grew ×10⁵ within
     56 tokens). Not covered: steps whose chunk sum ``Σ_i θ_i‖h_i‖²`` over aligned hidden inputs exceeds ~2 overshoot,
     as any chunk-frozen gradient step does (measured with the initial memories ×3; momentum η' multiplies the
-    effective step by 1/(1 − η'), hence the smaller ``lr_max`` with momentum: the same effective step 0.2)."""
+    effective step by 1/(1 − η'), hence the smaller ``lr_max`` with momentum: the same effective step 0.2). The
+    default ``lr_max`` (1.5 with ω = 2: reflections) holds because the inner layers' steps are bounded."""
     torch.manual_seed(0)
     layer = SelfModifyingTitans(32, 2, chunk_size=8, lr_init=0.95 * lr_max, lr_max=lr_max, momentum=momentum)
     x = 10 * torch.randn(2, 512, 32, generator=torch.Generator().manual_seed(0))

@@ -25,6 +25,12 @@ random read-out ``u`` (which keeps M_η and M_α in the gradient path from the f
 ``α'_t = 1 − α_t``; ``decay_init`` = 1e-4: at 1e-3 the meta-learned initial memory decays to 1% of its norm over
 4K tokens (measured), at 1e-4 it keeps 38% while the writes build the learned part. Outputs: per-head RMSNorm ⊙
 SiLU(W_g x) → W_o, as in :class:`MemoryMixer`.
+
+Steps (docs/decisions.md, "Reflections"): ``η ∈ (0, 1.5)``, 0.5 at init, with the over-relaxed implicit step
+(``relaxation`` ω = 2), so the output layer's transition ``(1 − η‖h‖²)/(1 + η‖h‖²)`` along its input spans (−1, 1):
+reflections, which parity needs. The inner layer's step is bounded by ``inner_lr_max`` (its gradient passes through
+the output layer, which its implicit step does not see). With ``momentum`` the defaults are the small chunk-scaled
+steps of :class:`MemoryMixer` with ω = 1.
 """
 
 from __future__ import annotations
@@ -50,8 +56,9 @@ class SelfModifyingTitans(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
                  generator_chunk_size: int | None = None, expansion: int = 4, generator_expansion: int = 1,
                  activation: str = "gelu", conv_size: int = 4, lr_init: float | None = None,
-                 lr_max: float | None = None, decay_init: float = 1e-4, momentum: float | None = None,
-                 relaxation: float = 1.0, mode: str = "chunked", layer_idx: int = 0):
+                 lr_max: float | None = None, inner_lr_max: float | None = 0.01, decay_init: float = 1e-4,
+                 momentum: float | None = None, relaxation: float | None = None, mode: str = "chunked",
+                 layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         generator_chunk_size = chunk_size if generator_chunk_size is None else generator_chunk_size
@@ -63,8 +70,13 @@ class SelfModifyingTitans(nn.Module):
                              "must divide the other")
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
-        lr_init = min(0.05, 0.4 / chunk_size) if lr_init is None else lr_init
-        lr_max = 4 * lr_init if lr_max is None else lr_max
+        if momentum is None:  # reflections: steps up to θ‖h‖² ≫ 1 with ω = 2 (docs/decisions.md)
+            lr_init, lr_max = 0.5 if lr_init is None else lr_init, 1.5 if lr_max is None else lr_max
+            relaxation = 2.0 if relaxation is None else relaxation
+        else:  # a momentum multiplies the effective step by 1/(1 − η'): the small chunk-scaled steps of MemoryMixer
+            lr_init = min(0.05, 0.4 / chunk_size) if lr_init is None else lr_init
+            lr_max = 4 * lr_init if lr_max is None else lr_max
+            relaxation = 1.0 if relaxation is None else relaxation
         if not 0 < lr_init < lr_max:
             raise ValueError(f"lr_init must lie in (0, lr_max={lr_max}), got {lr_init}")
         if not 0 < decay_init < 1:
@@ -73,7 +85,7 @@ class SelfModifyingTitans(nn.Module):
             raise ValueError(f"momentum must be None or lie in (0, 1), got {momentum}")
         common = dict(memory="mlp", depth=2, residual=True, activation=activation, objective="l2",
                       retention="decay", learner="dgd" if momentum is None else "dgd-momentum", proximal=True,
-                      relaxation=relaxation)
+                      relaxation=relaxation, inner_lr_max=inner_lr_max)
         self.rule = MemoryRule(expansion=expansion, chunk_size=chunk_size, **common)
         self.generator_rule = MemoryRule(expansion=generator_expansion, chunk_size=generator_chunk_size, **common)
         self.heads, self.head_dim, self.layer_idx, self.mode, self.lr_max = num_heads, head_dim, layer_idx, mode, lr_max
