@@ -31,6 +31,13 @@ def frozen(gates: dict) -> dict:
 MOMENTUM_MAX = 0.95
 
 
+def chunk_steps(chunk_size: int, lr_init: float | None, lr_max: float | None) -> tuple[float, float]:
+    """The inner step's initial value and bound: given values, else ``lr_init = min(0.05, 0.4 / C)`` (a chunk of C
+    tokens takes C steps from one gradient point, so the stable step shrinks with C) and ``lr_max = 4 · lr_init``."""
+    lr_init = min(0.05, 0.4 / chunk_size) if lr_init is None else lr_init
+    return lr_init, 4 * lr_init if lr_max is None else lr_max
+
+
 class RuleParameters(nn.Module):
     """The outer-loop parameters of one multi-head memory running ``rule``: its token-wise gates and learnable
     initial state (documented in :class:`MemoryMixer`). :meth:`build_rule_parameters` creates them, so a subclass
@@ -46,8 +53,7 @@ class RuleParameters(nn.Module):
                                 decay_init=decay_init, momentum_init=momentum_init, threshold_init=threshold_init,
                                 shift_init=shift_init)
         channels = head_dim if channel_gates else None
-        lr_init = min(0.05, 0.4 / rule.chunk_size) if lr_init is None else lr_init
-        lr_max = 4 * lr_init if lr_max is None else lr_max
+        lr_init, lr_max = chunk_steps(rule.chunk_size, lr_init, lr_max)
         self.lr = Gate(dim, num_heads, init=lr_init, scale=lr_max, channels=channels, rank=gate_rank)
         self.decay = None if rule.retention == "none" else \
             Gate(dim, num_heads, init=decay_init, channels=channels, rank=gate_rank)

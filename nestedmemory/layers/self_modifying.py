@@ -43,6 +43,7 @@ from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import explicit, forward as memory_forward
 from .cache import LayerStates
 from .common import RMSNorm, ShortConvolution, head_layout, logit, padded_output, real_tokens
+from .memory import chunk_steps
 
 #: the generated memories, in the order they are stacked along the head axis
 GENERATORS = ("k", "v", "lr", "decay")
@@ -74,8 +75,7 @@ class SelfModifyingTitans(nn.Module):
             lr_init, lr_max = 0.5 if lr_init is None else lr_init, 1.5 if lr_max is None else lr_max
             relaxation = 2.0 if relaxation is None else relaxation
         else:  # a momentum multiplies the effective step by 1/(1 − η'): the small chunk-scaled steps of MemoryMixer
-            lr_init = min(0.05, 0.4 / chunk_size) if lr_init is None else lr_init
-            lr_max = 4 * lr_init if lr_max is None else lr_max
+            lr_init, lr_max = chunk_steps(chunk_size, lr_init, lr_max)
             relaxation = 1.0 if relaxation is None else relaxation
         if not 0 < lr_init < lr_max:
             raise ValueError(f"lr_init must lie in (0, lr_max={lr_max}), got {lr_init}")

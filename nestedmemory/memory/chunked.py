@@ -253,17 +253,21 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
         d_m, prev_m = (coef[name][:, :, 0] @ coef["m"][:, :, 0].unsqueeze(-1) for name in ("Dactive", "Lactive"))
     per_layer = []
     for index, ((x, delta), w, s0) in enumerate(zip(factors, weights, momentum or [None] * len(factors))):
-        scale = dgd_scale(rule, _rows(coef["theta"][:, :, 0:1]), x, index).transpose(-1, -2)
+        scale = dgd_scale(rule, _rows(coef["theta"][:, :, 0:1]), x, index)
+        column = None if scale is None else scale.transpose(-1, -2)
+
+        def scaled(m, column=column):  # the columns of a coefficient matrix times this layer's θ'_i / θ_i
+            return m if column is None else m * column
         gram = x @ x.transpose(-1, -2)
-        d_theta = coef["Dtheta"][:, :, 0] * scale
+        d_theta = scaled(coef["Dtheta"][:, :, 0])
         layer = {"d_theta": d_theta}
         if with_momentum:  # δ enters through S, U_t = h_t W_{t−1}
-            p_theta = coef["Ptheta"][:, :, 0] * scale
+            p_theta = scaled(coef["Ptheta"][:, :, 0])
             layer.update(p_theta=p_theta, dp=coef["Dactive"][:, :, 0] @ p_theta)
             rhs = beta_prev * (x @ w) + prev_m * (x @ s0) - ((coef["Lactive"][:, :, 0] @ p_theta) * gram) @ delta
         else:
             rhs = beta_prev * (x @ w) + delta
-        system = coef["L"][:, :, 0] * scale * gram
+        system = scaled(coef["L"][:, :, 0]) * gram
         layer["u"] = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
         per_layer.append(layer)
 

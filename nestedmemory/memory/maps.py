@@ -31,18 +31,21 @@ def newton_schulz(s, steps: int):
 
 
 def dgd_scale(rule, lr, x, layer: int):
-    """``θ' / θ`` of DGD layer ``layer`` (``lr`` ``[..., N, G]``, the layer's inputs ``x`` ``[..., N, in]``).
+    """``θ' / θ`` of DGD layer ``layer`` (``lr`` ``[..., N, G]``, the layer's inputs ``x`` ``[..., N, in]``), or
+    ``None`` where the layer takes the plain step ``θ`` (no bound, not proximal: nothing to multiply).
 
     ``rule.inner_lr_max`` first bounds ``θ`` of the layers before the output layer (``θ ← min(θ, bound)``); with
     ``rule.proximal`` the step is then the implicit one, ``ω θ / (1 + θ ‖x‖²)`` (NL App. C, ``ω = rule.relaxation``),
     with which ``W ← (I − θ' xᵀx) W − θ' xᵀδ`` is the exact minimiser of ``⟨xᵀδ, W⟩ + ½‖xW‖² + ‖W − W_prev‖² / 2θ``
     (Sherman–Morrison). The norm is taken in ``lr``'s (≥ fp32) precision. Returned as a factor so that ``θ = 0``
     (padding) needs no division."""
-    scale = torch.ones_like(lr)
-    theta = lr
-    if rule.inner_lr_max is not None and layer != rule.output_layer:
+    bounded = rule.inner_lr_max is not None and layer != rule.output_layer
+    if not (bounded or rule.proximal):
+        return None
+    scale, theta = 1.0, lr
+    if bounded:
         bound = rule.inner_lr_max
-        scale = torch.where(lr > bound, bound / lr.clamp(min=bound), scale)
+        scale = torch.where(lr > bound, bound / lr.clamp(min=bound), torch.ones_like(lr))
         theta = lr.clamp(max=bound)
     if rule.proximal:
         scale = scale * rule.relaxation / (1 + theta * x.to(lr.dtype).square().sum(-1, keepdim=True))

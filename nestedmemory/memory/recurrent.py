@@ -80,7 +80,8 @@ def learn(rule, weights, momentum, grads, inputs, lr, retain, mom):
         momentum = [mom * m - g for m, g in zip(momentum, grads)]
         return [retain * w + lr * newton_schulz(m, rule.ns_steps) for w, m in zip(weights, momentum)], momentum
     if rule.is_dgd:
-        steps = [lr * dgd_scale(rule, lr, x, layer) for layer, x in enumerate(inputs)]
+        scales = [dgd_scale(rule, lr, x, layer) for layer, x in enumerate(inputs)]
+        steps = [lr if scale is None else lr * scale for scale in scales]
         new = [retain * w - step * (x.transpose(-1, -2) @ (x @ w)) for w, x, step in zip(weights, inputs, steps)]
         if rule.learner == "dgd":
             return [w - step * g for w, g, step in zip(new, grads, steps)], momentum
