@@ -2,6 +2,8 @@
 
 import torch
 
+from nestedmemory.models.modeling import cache_of
+
 
 def assert_causal(layer, x, at):
     """Replacing the inputs from position ``at`` on leaves the outputs before ``at`` bit-identical and changes later
@@ -17,8 +19,8 @@ def decode(model, x, schedule):
     cache."""
     cache, logits, seen = None, [], 0
     for n in schedule:
-        out = model(x[:, seen:seen + n], past_key_values=cache, use_cache=True)
-        cache, seen = out.past_key_values, seen + n
+        out = model(x[:, seen:seen + n], cache=cache, use_cache=True)
+        cache, seen = cache_of(out), seen + n
         logits.append(out.logits)
         assert cache.seen_tokens == seen
     return torch.cat(logits, 1), cache

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from nestedmemory.cli import relative_error
 from nestedmemory.models import NestedMemoryConfig, NestedMemoryForCausalLM, from_preset
 from nestedmemory.models.cms import VARIANTS, ContinuumMemory, stack_levels
+from nestedmemory.models.modeling import cache_of
 
 VOCAB = 32
 
@@ -76,7 +77,7 @@ def test_update_equals_the_summed_gradient_of_the_segment_loss():
     """After one segment, level 1 of every block holds ``θ_0 − η Σ_{pairs in segment} ∇ CE`` (Eq. 71) and level
     2 (period 6) is untouched."""
     model, x = small(periods=[3, 6]), tokens(b=1, t=3)
-    cache = model(x, use_cache=True).past_key_values
+    cache = cache_of(model(x, use_cache=True))
     with torch.enable_grad():
         frozen = frozen_logits(model, x)
         F.cross_entropy(frozen[0, :-1], x[0, 1:], reduction="sum").backward()
@@ -189,7 +190,7 @@ def test_fast_weights_stay_fp32_in_a_bf16_model():
     model = small(torch.bfloat16)
     out = model(tokens(t=7), use_cache=True)
     assert out.logits.dtype == torch.bfloat16
-    assert all(w.dtype == torch.float32 for block in out.past_key_values.continuum.weights for level in block
+    assert all(w.dtype == torch.float32 for block in cache_of(out).continuum.weights for level in block
                for w in level)
 
 

@@ -16,6 +16,7 @@ from nestedmemory.memory import nets
 from nestedmemory.models import (PRESETS, SIZES, NestedMemoryConfig, NestedMemoryForCausalLM, NestedMemoryModel,
                                  count_parameters, from_preset, preset_config)
 from nestedmemory.models.blocks import memory_layer
+from nestedmemory.models.modeling import cache_of
 from nestedmemory.models.presets import NOMINAL, TWO_MIXER_ARCHITECTURES
 
 T = 20  # not a multiple of the chunk (8) nor of the MAC segment (8); longer than the SWA window (4)
@@ -146,8 +147,8 @@ def test_decoding_cache_is_bounded(name, bound):
     out = model(tokens(b=1, t=3), use_cache=True)
     shapes = None
     for token in tokens(b=1, t=30, seed=3).split(1, 1):
-        out = model(token, past_key_values=out.past_key_values, use_cache=True)
-        entries = list(out.past_key_values.states.values())
+        out = model(token, cache=cache_of(out), use_cache=True)
+        entries = list(cache_of(out).states.values())
         if name == "titans-mac":
             entries = [s for e in entries for s in e["inner"].states.values() if s is not None]
         assert all(e["k"].shape[1] <= bound for e in entries if "k" in e)

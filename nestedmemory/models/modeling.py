@@ -6,12 +6,16 @@ The decoding cache is a :class:`~nestedmemory.layers.LayerStates`: one entry per
 attention), the short-conv windows, the last ``window − 1`` keys/values of sliding-window attention, MAC's
 current segment. ``generate`` never builds a ``DynamicCache`` for this model (``_supports_default_dynamic_cache``
 is ``False``, as for RWKV): the first forward creates the ``LayerStates``, which ``generate`` then feeds back with
-only the new token.
+only the new token. The cache argument is ``cache`` (the name ``transformers`` passes since 5.20) or
+``past_key_values`` (before), and outputs carry it under :data:`CACHE_FIELD`, so generation is right under every
+version the project supports. A left-padded batch decoded with a cache runs row by row (exact: each row's memory
+chunks, MAC segments and CMS periods start at its own first token); equal-length batches run batched.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
+import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -20,6 +24,22 @@ from ..layers import LayerStates, RMSNorm
 from .blocks import Block
 from .cms import continuum_forward
 from .config import NestedMemoryConfig
+
+#: the name of the decoding state in ``transformers``' model outputs: ``cache`` in the versions that renamed it
+#: (``past_key_values`` there is a deprecated alias that warns), ``past_key_values`` before.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_of(output) -> LayerStates | None:
+    """The decoding cache of a model ``output``, under either ``transformers`` spelling, without a warning."""
+    return getattr(output, CACHE_FIELD)
+
+
+def one_cache(cache: LayerStates | None, past_key_values: LayerStates | None) -> LayerStates | None:
+    """The cache passed as ``cache`` or as its former name ``past_key_values`` (both: an error)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the decoding cache once, as cache (or its former name past_key_values)")
+    return past_key_values if cache is None else cache
 
 
 class NestedMemoryPreTrainedModel(PreTrainedModel):
@@ -55,36 +75,72 @@ class NestedMemoryModel(NestedMemoryPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings = value
 
-    def forward(self, input_ids=None, attention_mask=None, past_key_values: LayerStates | None = None,
+    def forward(self, input_ids=None, attention_mask=None, cache: LayerStates | None = None,
                 use_cache: bool | None = None, inputs_embeds=None, return_dict: bool | None = None, head=None,
-                **kwargs):
+                past_key_values: LayerStates | None = None, **kwargs):
         """``attention_mask`` ``[B, T_total]`` (1 = token, 0 = left padding; covers the cached prefix and the new
         tokens). ``use_cache`` (default ``False``) returns the ``LayerStates`` to continue from, with
-        ``seen_tokens`` advanced by ``T``; a ``past_key_values`` given without ``use_cache`` is read, not changed.
-        With ``config.cms``, ``head`` (hidden states → logits) gives the task loss that the CMS levels descend in
-        context, and ``input_ids`` its targets (:func:`~nestedmemory.models.cms.continuum_forward`)."""
+        ``seen_tokens`` advanced by ``T``; a ``cache`` (or ``past_key_values``) given without ``use_cache`` is
+        read, not changed. With ``config.cms``, ``head`` (hidden states → logits) gives the task loss that the CMS
+        levels descend in context, and ``input_ids`` its targets (:func:`~nestedmemory.models.cms.continuum_forward`)."""
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-        if use_cache and past_key_values is None:
-            past_key_values = LayerStates()
-        if self.config.cms is None:
+        if use_cache and cache is None:
+            cache = LayerStates()
+        if cache is not None and self._by_row(attention_mask, cache):
+            hidden_states = self._row_by_row(input_ids, inputs_embeds, attention_mask, cache,
+                                             bool(use_cache), head)
+        elif self.config.cms is None:
             hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
             for layer in self.layers:
-                hidden_states, _ = layer(hidden_states, attention_mask, past_key_values, bool(use_cache))
+                hidden_states, _ = layer(hidden_states, attention_mask, cache, bool(use_cache))
             hidden_states = self.norm(hidden_states)
         elif input_ids is None or head is None:
             raise ValueError("a model with a CMS (config.cms) needs input_ids and the LM head: its levels learn in "
                              "context from the next-token loss; use NestedMemoryForCausalLM")
         else:
-            hidden_states = continuum_forward(self, head, input_ids, attention_mask, past_key_values,
+            hidden_states = continuum_forward(self, head, input_ids, attention_mask, cache,
                                               bool(use_cache))
         if use_cache:
-            past_key_values.seen_tokens += hidden_states.shape[1]
+            cache.seen_tokens += hidden_states.shape[1]
         out = BaseModelOutputWithPast(last_hidden_state=hidden_states,
-                                      past_key_values=past_key_values if use_cache else None)
+                                      **{CACHE_FIELD: cache if use_cache else None})
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+    def _by_row(self, attention_mask, cache: LayerStates) -> bool:
+        """Whether this call runs row by row: the cache already does, or it is new and the batch is left-padded
+        in a model with a memory or a CMS (attention alone masks padding in one batched pass)."""
+        if cache.rows is not None:
+            return True
+        fresh = len(cache) == 0 and cache.continuum is None and cache.seen_tokens == 0
+        return fresh and attention_mask is not None and (self.config.uses_memory or self.config.cms is not None)
+
+    def _row_by_row(self, input_ids, inputs_embeds, attention_mask, cache: LayerStates, use_cache: bool, head):
+        """The hidden states ``[B, T, D]`` of a left-padded batch with a decoding cache: every row runs alone on
+        its real tokens with its own states (``cache.rows``), so each equals the row decoded by itself; padding
+        positions get zeros. Exact and row-sequential: batching rows whose chunk grids differ is not done yet."""
+        x = input_ids if inputs_embeds is None else inputs_embeds
+        b, t = x.shape[:2]
+        real = (torch.ones(b, t, dtype=torch.bool, device=x.device) if attention_mask is None
+                else attention_mask[:, -t:].bool())
+        rows = cache.rows if cache.rows is not None else [LayerStates() for _ in range(b)]
+        if not use_cache:  # read, not changed
+            rows = [row.copy() for row in rows]
+        hidden = None
+        for i, row in enumerate(rows):
+            if not bool(real[i].any()):
+                continue
+            piece = x[i:i + 1, real[i]]
+            pieces = dict(input_ids=piece) if inputs_embeds is None else dict(inputs_embeds=piece)
+            out = self(**pieces, cache=row, use_cache=True, return_dict=True, head=head).last_hidden_state
+            hidden = out.new_zeros(b, t, out.shape[-1]) if hidden is None else hidden
+            hidden[i, real[i]] = out[0]
+        if use_cache:
+            cache.rows = rows
+        return hidden if hidden is not None else x.new_zeros(b, t, self.config.hidden_size, dtype=self.dtype)
 
 
 class NestedMemoryForCausalLM(NestedMemoryPreTrainedModel, GenerationMixin):
@@ -111,19 +167,19 @@ class NestedMemoryForCausalLM(NestedMemoryPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids=None, attention_mask=None, past_key_values: LayerStates | None = None,
+    def forward(self, input_ids=None, attention_mask=None, cache: LayerStates | None = None,
                 use_cache: bool | None = None, inputs_embeds=None, labels=None, return_dict: bool | None = None,
-                logits_to_keep: int = 0, **kwargs):
+                logits_to_keep: int = 0, past_key_values: LayerStates | None = None, **kwargs):
         """As :meth:`NestedMemoryModel.forward`; ``logits_to_keep > 0`` computes logits for the last positions
         only (``generate`` asks for 1)."""
         if labels is not None and logits_to_keep:
             raise ValueError("labels need the logits of every position; leave logits_to_keep at 0")
-        out = self.model(input_ids, attention_mask, past_key_values, use_cache, inputs_embeds, return_dict=True,
-                         head=self.lm_head)
+        out = self.model(input_ids, attention_mask, one_cache(cache, past_key_values), use_cache, inputs_embeds,
+                         return_dict=True, head=self.lm_head)
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache_of(out)})
         return result if (self.config.return_dict if return_dict is None else return_dict) else result.to_tuple()
