@@ -82,6 +82,17 @@ def test_initial_state_shared_across_the_batch():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared)
 
 
+def test_default_initial_state_is_the_same_on_every_call():
+    """Without an ``initial_state`` the MLP memory starts from one fixed draw: ``memorize`` is a function."""
+    rule = MemoryRule(memory="mlp", learner="momentum", chunk_size=3)
+    a, b = rule.init_state(B, H, D), rule.init_state(B, H, D)
+    assert all(torch.equal(x, y) for x, y in zip(a.weights, b.weights))
+    q, k, v, gates = random_inputs(rule, B, 7, H, D)
+    assert torch.equal(memorize(q, k, v, rule, **gates)[0], memorize(q, k, v, rule, **gates)[0])
+    other = rule.init_state(B, H, D, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(a.weights[0], other.weights[0])
+
+
 # ------------------------------------------------------------------------------------------ bad input
 TITANS = MemoryRule(memory="linear", learner="momentum", chunk_size=4)
 

@@ -198,7 +198,9 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
                    generator: torch.Generator | None = None) -> MemoryState:
         """A fresh state: zeros for the matrix memory, ``N(0, 1/in)`` for MLP layers, the uniform distribution
         for ``kl`` (Memora), zero momentum; no stored keys (``N = 0``) for the ``exp`` kernel memory. For ``lq``
-        (Moneta) the state is the accumulator whose memory is that."""
+        (Moneta) the state is the accumulator whose memory is that. The MLP draws use ``generator``, by default
+        a CPU generator seeded 0: the default state is the same on every call (``memorize`` without an
+        ``initial_state`` is a function of its inputs)."""
         if self.feature_map == "exp":
             value_dim = head_dim if value_dim is None else value_dim
             return MemoryState(weights=[torch.zeros(batch, heads, 0, dim, dtype=dtype, device=device)
@@ -211,9 +213,16 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
             elif self.memory == "linear":
                 w = torch.zeros(shape, dtype=dtype, device=device)
             else:
-                w = torch.randn(shape, dtype=dtype, device=device, generator=generator) / math.sqrt(d_in)
+                w = _normal(shape, dtype, device, generator) / math.sqrt(d_in)
                 if self.retention == "lq":
                     w = lq_link_inverse(w, self.q, self.eps)
             weights.append(w)
         momentum = [torch.zeros_like(w) for w in weights] if self.uses_momentum else None
         return MemoryState(weights=weights, momentum=momentum)
+
+
+def _normal(shape, dtype, device, generator):
+    """``N(0, 1)`` draws from ``generator``, or from a CPU generator seeded 0 (then moved to ``device``)."""
+    if generator is None:
+        return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)).to(device)
+    return torch.randn(shape, dtype=dtype, device=device, generator=generator)
