@@ -25,9 +25,10 @@ variants = pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
 def make(kw, dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     layer = Attention(DIM, HEADS, **kw)
-    with torch.no_grad():  # persistent tokens large enough to matter
-        layer.persistent_k.normal_()
-        layer.persistent_v.normal_()
+    if layer.persistent_tokens:
+        with torch.no_grad():  # persistent tokens large enough to matter
+            layer.persistent_k.normal_()
+            layer.persistent_v.normal_()
     return layer.to(dtype)
 
 
@@ -99,15 +100,17 @@ def test_matches_naive_reference(window, persistent):
     layer, x = make(kw, torch.float64), inputs(2, 10, torch.float64)
     d, group = layer.head_dim, HEADS // 2
     q, k, v = (p(x).view(2, 10, -1, d) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    none = torch.zeros(0, 2, d, dtype=torch.float64)  # a layer without persistent tokens holds no parameters
+    p_k, p_v = (layer.persistent_k, layer.persistent_v) if persistent else (none, none)
     out = torch.zeros(2, 10, HEADS, d, dtype=torch.float64)
     for b in range(2):
         for t in range(10):
             first = 0 if window is None else max(0, t - window + 1)
             for h in range(HEADS):
                 qt = rope_reference(q[b, t, h], t)
-                keys = torch.cat([layer.persistent_k[:, h // group]]
+                keys = torch.cat([p_k[:, h // group]]
                                  + [rope_reference(k[b, j, h // group], j)[None] for j in range(first, t + 1)])
-                vals = torch.cat((layer.persistent_v[:, h // group], v[b, first:t + 1, h // group]))
+                vals = torch.cat((p_v[:, h // group], v[b, first:t + 1, h // group]))
                 out[b, t, h] = torch.softmax(keys @ qt / math.sqrt(d), 0) @ vals
     reference = layer.o_proj(out.reshape(2, 10, -1))
     assert relative_error(reference, layer(x)[0]) < 1e-6

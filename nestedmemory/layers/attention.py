@@ -54,8 +54,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
-        self.persistent_k = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
-        self.persistent_v = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
+        self.persistent_tokens = persistent_tokens
+        if persistent_tokens:  # no zero-size parameters: they never get a gradient (nor optimizer state)
+            self.persistent_k = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
+            self.persistent_v = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
+        self.register_load_state_dict_pre_hook(_drop_empty_persistent_tokens)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         """``hidden_states`` ``[B, T, dim]`` → ``(out [B, T, dim], None, past_key_values)``.
@@ -94,7 +97,7 @@ class Attention(nn.Module):
         """SDPA of ``q`` ``[B, T, H, D]`` over ``k, v`` ``[B, S, H_kv, D]`` (the queries are the last ``T`` of the
         ``S`` positions), behind the persistent tokens. Query ``i`` sees key ``j`` iff ``j ≤ i``, ``i − j < window``
         and ``j`` is a real token or ``j = i``: the diagonal keeps a padding query's row non-empty, so no NaN."""
-        b, t, s, n_p = q.shape[0], q.shape[1], k.shape[1], self.persistent_k.shape[0]
+        b, t, s, n_p = q.shape[0], q.shape[1], k.shape[1], self.persistent_tokens
         if n_p:
             k = torch.cat((self.persistent_k.to(k.dtype).expand(b, -1, -1, -1), k), 1)
             v = torch.cat((self.persistent_v.to(v.dtype).expand(b, -1, -1, -1), v), 1)
@@ -111,3 +114,11 @@ class Attention(nn.Module):
         allowed = allowed & (valid[:, None, :] | (i == j))  # [B, T, S]
         allowed = torch.cat((allowed.new_ones(b, t, n_p), allowed), -1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]).transpose(1, 2)
+
+
+def _drop_empty_persistent_tokens(layer: Attention, state_dict: dict, prefix: str, *args) -> None:
+    """Load state dicts written when a layer without persistent tokens still held zero-size ``persistent_k`` /
+    ``persistent_v``: those entries hold nothing and are dropped."""
+    for name in ("persistent_k", "persistent_v"):
+        if not layer.persistent_tokens and prefix + name in state_dict and state_dict[prefix + name].numel() == 0:
+            del state_dict[prefix + name]

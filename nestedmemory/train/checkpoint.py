@@ -4,7 +4,8 @@
 
 A checkpoint is written into a hidden temporary folder, its files flushed to disk, then renamed into place
 (``os.replace``, atomic): a crash or Ctrl-C leaves either the complete checkpoint or none, and an existing one is
-never written over. The newest ``keep`` checkpoints are kept."""
+never written over. Rotation keeps the newest ``keep`` (at least one: the checkpoint just written) and deletes
+only checkpoints older than it."""
 
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:06d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of checkpoint folder ``path`` (``checkpoint-000100`` → 100)."""
+    return int(_NAME.match(path.name).group(1))
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     """The complete checkpoints of ``run_dir``, oldest first."""
     if not run_dir.is_dir():
         return []
     found = [p for p in run_dir.iterdir() if p.is_dir() and _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def resolve(path: str | Path) -> Path:
@@ -48,8 +54,11 @@ def resolve(path: str | Path) -> Path:
 
 def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, trainer_state: dict,
          keep: int) -> Path:
-    """Write checkpoint ``step`` of ``run_dir`` (skipped if it exists) and delete all but the newest ``keep``:
-    the model's ``PretrainedConfig`` and full weights, the tokenizer, the trainer state."""
+    """Write checkpoint ``step`` of ``run_dir`` (skipped if it exists) — the model's ``PretrainedConfig`` and full
+    weights, the tokenizer, the trainer state — then :func:`rotate`. ``keep`` < 1 raises ``ValueError`` before
+    anything is written or deleted."""
+    if keep < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1 (the checkpoint just written is kept), got {keep}")
     final = run_dir / checkpoint_name(step)
     if final.exists():
         return final
@@ -63,9 +72,16 @@ def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, t
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
     os.replace(temporary, final)
-    for old in checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
+    rotate(run_dir, step, keep)
     return final
+
+
+def rotate(run_dir: Path, step: int, keep: int) -> None:
+    """Keep checkpoint ``step`` and the newest ``keep − 1`` older ones; delete the older rest. Checkpoints newer
+    than ``step`` are not this writer's to judge and stay."""
+    older = [path for path in checkpoints(run_dir) if checkpoint_step(path) < step]
+    for old in older[:max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(old)
 
 
 def load(directory: Path) -> tuple[dict, dict]:

@@ -8,3 +8,8 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or does not fit the run."""
+
+
+class NonFiniteError(UserError, ValueError):
+    """A loss, gradient norm, result or weight that is NaN or infinite (a ``ValueError`` too: the value, not the
+    command, is wrong, and callers that report bad values as such keep doing so)."""

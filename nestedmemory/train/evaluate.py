@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data import batched, documents, pack, token_chunks
+from .errors import NonFiniteError
 
 
 @torch.no_grad()
@@ -34,10 +35,14 @@ def loss_sums(model, batches: Iterable[torch.Tensor], prepare: Callable = lambda
 
 
 def summary(totals: torch.Tensor) -> dict:
-    """``loss`` (nats / token), ``perplexity`` and ``tokens`` from :func:`loss_sums`."""
+    """``loss`` (nats / token), ``perplexity`` and ``tokens`` from :func:`loss_sums`; a NaN or infinite loss
+    raises :class:`NonFiniteError` (a broken model is reported, not scored)."""
     nats, tokens = totals.tolist()
     if tokens == 0:
         raise ValueError("no tokens to evaluate: the text is shorter than two tokens")
+    if not math.isfinite(nats):
+        raise NonFiniteError(f"the loss over {int(tokens)} tokens is {nats / tokens} (not finite): the model's "
+                             "weights or outputs are NaN or infinite")
     return dict(loss=nats / tokens, perplexity=math.exp(nats / tokens), tokens=int(tokens))
 
 
@@ -60,13 +65,22 @@ def unigram_loss(tokens: np.ndarray) -> float:
 
 
 def run_suites(model, names: list[str], n: int, seed: int, batch_size: int) -> dict[str, dict]:
-    """``{suite: results}`` of ``nestedmemory.tasks.SUITES[suite].evaluate``."""
+    """``{suite: results}`` of ``nestedmemory.tasks.SUITES[suite].evaluate``. A model with NaN or infinite
+    weights (whose argmax answers would still score), or a NaN or infinite result, raises
+    :class:`NonFiniteError`."""
     from ..tasks import SUITES  # imported on request: the suites are optional to training
 
     unknown = [name for name in names if name not in SUITES]
     if unknown:
         raise KeyError(f"unknown suite {unknown[0]!r}; choose from {sorted(SUITES)}")
-    return {name: SUITES[name].evaluate(model, n=n, seed=seed, batch_size=batch_size) for name in names}
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise NonFiniteError(f"the model has NaN or infinite weights ({broken[0]} and {len(broken) - 1} more)")
+    results = {name: SUITES[name].evaluate(model, n=n, seed=seed, batch_size=batch_size) for name in names}
+    for name, value in results_rows(results):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteError(f"suite result {name} is {value} (not finite)")
+    return results
 
 
 def results_rows(results: dict[str, dict], prefix: str = "") -> list[list]:
