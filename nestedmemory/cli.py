@@ -10,20 +10,28 @@
 
 Settings come from defaults, YAML files (``--config FILE``, e.g. a run's ``config.yaml``) and flags, in that order
 (jsonargparse): ``nestedmemory train --model.preset hope --optim.lr 1e-3 --max_steps 2000``; ``--print_config``
-shows the result. Flags may be spelled with dashes (``--max-steps``). A problem with the inputs is reported in one
-line with exit status 2.
+shows the result. Flags may be spelled with dashes (``--max-steps``). ``train --resume RUN`` starts from the
+settings RUN was trained with; flags given beside it change them (the trainer refuses changes a resumed run cannot
+take, listing them). Every value is checked by the settings dataclass it fills (``TrainConfig``, ``EvalConfig``,
+…) before anything is loaded or written; a problem with the inputs is reported in one line,
+``nestedmemory <command>: error: …``, with exit status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .memory import memorize
 from .memory.catalog import all_rules, random_inputs
 from .memory.rule import LEARNERS, MEMORIES, OBJECTIVES, RETENTIONS
+from .tasks import SUITE_NAMES
+from .train import SampleConfig, TrainConfig, UserError
+from .train.config import AT_LEAST_ONE, NON_NEGATIVE, Limit, Settings, check_device, check_folder, check_names
 
 
 def relative_error(reference, other) -> float:
@@ -31,12 +39,26 @@ def relative_error(reference, other) -> float:
     return ((reference - other).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
 
 
+@dataclass
+class CheckConfig(Settings):
+    """Chunked == recurrent for every memory rule (fp64).
+
+    Args:
+        chunk_size: the memory chunk size every rule is checked at
+    """
+
+    chunk_size: int = 4
+
+    LIMITS = {"chunk_size": AT_LEAST_ONE}
+
+
 def check(args) -> int:
+    chunk_size = settings(CheckConfig, args).chunk_size
     torch.manual_seed(0)
     b, t, h, d = 2, 13, 2, 4
     worst = 0.0
     start = time.perf_counter()
-    rules = list(all_rules(args.chunk_size))
+    rules = list(all_rules(chunk_size))
     for rule in rules:
         q, k, v, gates = random_inputs(rule, b, t, h, d)
         state = rule.init_state(b, h, d, dtype=torch.float64)
@@ -48,7 +70,7 @@ def check(args) -> int:
         if args.verbose:
             print(f"{rule.memory:6s} {rule.objective:6s} {rule.retention:7s} {rule.learner:8s} rel. error {err:.1e}")
     ok = worst < 1e-9
-    print(f"{len(rules)} rules, chunk size {args.chunk_size}, length {t}: chunked vs recurrent rel. error "
+    print(f"{len(rules)} rules, chunk size {chunk_size}, length {t}: chunked vs recurrent rel. error "
           f"{worst:.1e} (fp64) in {time.perf_counter() - start:.1f}s — {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 
@@ -68,113 +90,153 @@ def info(_args) -> int:
 
 
 def train(args) -> int:
-    from .train import TrainConfig
     from .train import train as run
 
-    summary = run(TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}))
+    summary = run(settings(TrainConfig, args))
     return 130 if summary["interrupted"] else 0
+
+
+@dataclass
+class EvalConfig(Settings):
+    """Perplexity on a text file and/or synthetic suites; writes eval.md and eval.json.
+
+    Args:
+        data: a text / .jsonl / .parquet file or folder
+        text_field: the text column of JSONL / Parquet rows
+        separator: text between documents
+        seq_len: tokens per evaluated sequence
+        suite: suites of nestedmemory.tasks, comma-separated
+        n: examples per suite
+        seed: seed of the suites' examples
+        batch_size: sequences per forward pass
+        out: folder of the table (default: the model's)
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``
+    """
+
+    data: str | None = None
+    text_field: str = "text"
+    separator: str = "\n\n"
+    seq_len: int = 256
+    suite: str | None = None
+    n: int = 256
+    seed: int = 0
+    batch_size: int = 8
+    out: str | None = None
+    device: str | None = None
+
+    LIMITS = {"seq_len": Limit(2), "n": AT_LEAST_ONE, "seed": NON_NEGATIVE, "batch_size": AT_LEAST_ONE}
+
+    @property
+    def suites(self) -> list[str]:
+        return self.suite.split(",") if self.suite else []
+
+    def check(self) -> None:
+        """Something to evaluate, known suites, an available device, a folder for the table — before the model
+        is loaded."""
+        if not self.data and not self.suite:
+            raise UserError("nothing to evaluate: give --data FILE (perplexity) and/or --suite NAME[,NAME]")
+        check_names("suite", "suite", self.suites, SUITE_NAMES)
+        check_device("device", self.device)
+        check_folder("out", self.out)
 
 
 def evaluate(args) -> int:
     from pathlib import Path
 
-    from .train import UserError
     from .train.evaluate import run_suites, text_perplexity, write_table
     from .train.inference import load
 
-    if not args.data and not args.suite:
-        raise UserError("nothing to evaluate: give --data FILE (perplexity) and/or --suite NAME[,NAME]")
-    model, tokenizer, folder = load(args.checkpoint, args.device or "cpu")
+    config = settings(EvalConfig, args)
+    model, tokenizer, folder = load(args.checkpoint, config.device or "cpu")
     results = {}
-    if args.data:
-        try:
-            results["perplexity"] = text_perplexity(model, tokenizer, args.data, args.seq_len, args.batch_size,
-                                                    args.text_field, args.separator)
-        except (OSError, ValueError) as error:
-            raise UserError(f"{args.data}: {error}") from error
-    if args.suite:
-        try:
-            results.update(run_suites(model, args.suite.split(","), args.n, args.seed, args.batch_size))
-        except KeyError as error:
-            raise UserError(error.args[0]) from error
-    markdown, _ = write_table(results, Path(args.out or folder) / "eval.md", f"Evaluation of {folder}")
+    try:  # a data file that cannot be read, a suite the model's vocabulary cannot hold: both name the problem
+        if config.data:
+            results["perplexity"] = text_perplexity(model, tokenizer, config.data, config.seq_len, config.batch_size,
+                                                    config.text_field, config.separator)
+        results.update(run_suites(model, config.suites, config.n, config.seed, config.batch_size))
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from error
+    markdown, _ = write_table(results, Path(config.out or folder) / "eval.md", f"Evaluation of {folder}")
     print(markdown.read_text(encoding="utf-8") + f"\nwritten to {markdown} and {markdown.with_suffix('.json')}")
     return 0
 
 
+@dataclass
+class GenerateConfig(SampleConfig):
+    """Sampling from a saved model (the flags of SampleConfig, unprefixed) on a device.
+
+    Args:
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``
+    """
+
+    device: str | None = None
+
+    FLAGS = ""
+
+    def check(self) -> None:
+        super().check()
+        check_device("device", self.device)
+
+
 def generate(args) -> int:
-    from .train import SampleConfig
     from .train.inference import load, sample
 
-    model, tokenizer, _ = load(args.checkpoint, args.device or "cpu")
-    config = SampleConfig(**{name: getattr(args, name) for name in SampleConfig.__dataclass_fields__})
+    config = settings(GenerateConfig, args)
+    model, tokenizer, _ = load(args.checkpoint, config.device or "cpu")
     print(config.prompt + sample(model, tokenizer, config))
     return 0
 
 
 def bench(args) -> int:
-    from .train import ModelConfig
-    from .train.bench import run_script, throughput
+    from .train.bench import BenchConfig, run_script, throughput
 
+    config = settings(BenchConfig, args)
     if args.script:
         return run_script(args.script, ["--quick"] * args.quick)
-    model = ModelConfig(args.preset, args.size)
-    rate = throughput(model, args.seq_len, args.batch_size, args.steps, args.device or "cpu")
-    print(f"{args.preset} ({args.size}): {rate:.0f} training tokens/s (batch {args.batch_size} × {args.seq_len}, "
-          f"forward + backward + AdamW, {args.device or 'cpu'}, {torch.get_num_threads()} threads)")
+    rate = throughput(config)
+    print(f"{config.preset} ({config.size}): {rate:.0f} training tokens/s (batch {config.batch_size} × "
+          f"{config.seq_len}, forward + backward + AdamW, {config.device or 'cpu'}, {torch.get_num_threads()} "
+          "threads)")
     return 0
 
 
-def build_parser():
-
+def build_parser(train_defaults: dict | None = None):
+    """The command line; ``train_defaults`` (nested like ``TrainConfig``) replace the defaults of ``train``."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from .train import DEFAULT_PRESET, DEFAULT_SIZE, SampleConfig, TrainConfig
+    from .train.bench import BenchConfig
 
     def command(description: str) -> ArgumentParser:
-        parser = ArgumentParser(description=description)
+        parser = ArgumentParser(description=description, exit_on_error=False)
         parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of settings")
         return parser
 
-    check_p = command("chunked == recurrent for every memory rule (fp64)")
-    check_p.add_argument("--chunk_size", type=int, default=4)
-    check_p.add_argument("-v", "--verbose", action="store_true")
+    check_p = command(CheckConfig.__doc__.split("\n")[0])
+    check_p.add_class_arguments(CheckConfig, as_group=False)
+    check_p.add_argument("-v", "--verbose", action="store_true", help="print every rule's error")
 
     train_p = command(TrainConfig.__doc__.split("\n")[0])
     train_p.add_class_arguments(TrainConfig, as_group=False)
+    if train_defaults:
+        train_p.set_defaults(train_defaults)
 
-    eval_p = command("Perplexity on a text file and/or synthetic suites; writes eval.md and eval.json.")
+    eval_p = command(EvalConfig.__doc__.split("\n")[0])
     eval_p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved model folder")
-    eval_p.add_argument("--data", type=str | None, help="a text / .jsonl / .parquet file or folder")
-    eval_p.add_argument("--text_field", default="text", help="the text column of JSONL / Parquet rows")
-    eval_p.add_argument("--separator", default="\n\n", help="text between documents")
-    eval_p.add_argument("--seq_len", type=int, default=256, help="tokens per evaluated sequence")
-    eval_p.add_argument("--suite", type=str | None, help="suites of nestedmemory.tasks, comma-separated")
-    eval_p.add_argument("--n", type=int, default=256, help="examples per suite")
-    eval_p.add_argument("--seed", type=int, default=0, help="seed of the suites' examples")
-    eval_p.add_argument("--batch_size", type=int, default=8)
-    eval_p.add_argument("--out", type=str | None, help="folder of the table (default: the model's)")
-    eval_p.add_argument("--device", type=str | None)
+    eval_p.add_class_arguments(EvalConfig, as_group=False)
 
     generate_p = command("Sample from a trained model with its recurrent cache.")
     generate_p.add_argument("checkpoint", help="a run folder, a checkpoint or a saved model folder")
-    generate_p.add_class_arguments(SampleConfig, as_group=False)
-    generate_p.add_argument("--device", type=str | None)
+    generate_p.add_class_arguments(GenerateConfig, as_group=False)
 
     bench_p = command("Run a script of benchmarks/, or measure a model's training tokens/s.")
     bench_p.add_argument("script", nargs="?", help="a benchmarks/ script name (e.g. memory_core, layers)")
     bench_p.add_argument("--quick", action="store_true", help="pass --quick to the script")
-    bench_p.add_argument("--preset", default=DEFAULT_PRESET)
-    bench_p.add_argument("--size", default=DEFAULT_SIZE)
-    bench_p.add_argument("--seq_len", type=int, default=256)
-    bench_p.add_argument("--batch_size", type=int, default=16)
-    bench_p.add_argument("--steps", type=int, default=3)
-    bench_p.add_argument("--device", type=str | None)
+    bench_p.add_class_arguments(BenchConfig, as_group=False)
 
-    parser = ArgumentParser(prog="nestedmemory", description=__doc__)
+    parser = ArgumentParser(prog="nestedmemory", description=__doc__, exit_on_error=False)
     commands = parser.add_subcommands(required=False, dest="command")
     for name, sub, text in (("check", check_p, "verify the memory core (the default)"),
-                            ("info", ArgumentParser(), "list the memory rules, presets and sizes"),
+                            ("info", ArgumentParser(exit_on_error=False), "list the memory rules, presets and sizes"),
                             ("train", train_p, "train a model"), ("eval", eval_p, "evaluate a model"),
                             ("generate", generate_p, "sample from a model"), ("bench", bench_p, "benchmarks")):
         commands.add_subcommand(name, sub, help=text)
@@ -184,6 +246,44 @@ def build_parser():
 COMMANDS = {"check": check, "info": info, "train": train, "eval": evaluate, "generate": generate, "bench": bench}
 
 
+def settings(cls, args):
+    """The settings dataclass ``cls`` from the parsed flags of its fields (building it validates them)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def saved_settings(resume: str) -> dict:
+    """The settings of the run ``resume`` names (a run folder or a checkpoint; the config saved in its newest
+    checkpoint), as defaults of ``train``: the fields of today's TrainConfig only, and not ``out`` or ``resume``,
+    which say where this command reads and writes."""
+    from .train import checkpoint
+
+    _, state = checkpoint.load(checkpoint.resolve(resume))
+    saved = {k: v for k, v in state["config"].items() if k not in ("out", "resume")}
+    return known_fields(TrainConfig, saved)
+
+
+def known_fields(cls, values: dict) -> dict:
+    """The entries of ``values`` (``dataclasses.asdict`` form) that are fields of dataclass ``cls``, the nested
+    settings (``optim``, …) filtered the same way: a field renamed or removed since a run was saved is dropped."""
+    known = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            nested = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+            known[f.name] = known_fields(nested, values[f.name]) if nested else values[f.name]
+    return known
+
+
+def parse(argv: list[str]):
+    """The parsed, validated command line. ``train --resume RUN`` (``resume`` given as a flag or in a ``--config``
+    file) is parsed twice: once to find RUN, then with RUN's saved settings as the defaults, so the run continues
+    as it was started and only the flags given beside ``--resume`` change it."""
+    parser = build_parser()
+    first = parser.parse_args([arg for arg in argv if not arg.startswith("--print_config")])
+    if first.command == "train" and first.train.resume is not None:
+        parser = build_parser(saved_settings(first.train.resume))
+    return parser.instantiate(parser.parse_args(argv))
+
+
 def underscored(argv: list[str]) -> list[str]:
     """``--max-steps`` → ``--max_steps`` (jsonargparse's spelling), values untouched."""
     return [arg.split("=")[0].replace("-", "_").replace("__", "--", 1) + arg[len(arg.split("=")[0]):]
@@ -191,19 +291,21 @@ def underscored(argv: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
+    """Run the command line ``argv``; its exit status. Bad input (a flag, a file, a checkpoint) is reported in one
+    line, ``nestedmemory <command>: error: …``, with status 2, before anything is written."""
+    from argparse import ArgumentError
+
     from transformers.utils import logging
 
-    from .train import UserError
-
     logging.disable_progress_bar()
-    argv = underscored(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser()
-    args = parser.instantiate(parser.parse_args(argv or ["check"]))
-    name = args.command or "check"
+    argv = underscored(sys.argv[1:] if argv is None else list(argv)) or ["check"]
+    name = argv[0] if argv[0] in COMMANDS else None
     try:
+        args = parse(argv)
+        name = args.command or "check"
         return COMMANDS[name](args.get(name) or args)
-    except (UserError, FileNotFoundError) as error:
-        print(f"nestedmemory {name}: error: {error}", file=sys.stderr)
+    except (ArgumentError, UserError, FileNotFoundError) as error:
+        print(f"nestedmemory{f' {name}' if name else ''}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 
@@ -9,7 +11,9 @@ import pytest
 
 from nestedmemory.cli import main, underscored
 from nestedmemory.models import from_preset
+from nestedmemory.tasks import SUITES
 from nestedmemory.train import DEFAULT_PRESET
+from nestedmemory.train.loop import Trainer
 
 #: the README's ``nestedmemory train``, shrunk to a few seconds.
 SMALL = ["--model.size", "tiny", "--batch-size", "4", "--data.seq-len", "32", "--data.val-tokens", "512",
@@ -100,6 +104,50 @@ def test_eval_perplexity_and_suite_table(run, tmp_path, capsys):
     table = (tmp_path / "eval.md").read_text()
     assert "| perplexity | perplexity |" in table and "| mqar | accuracy |" in table
     assert "| mqar | accuracy |" in capsys.readouterr().out
+
+
+def test_eval_runs_every_suite(run, tmp_path, capsys):
+    assert main(["eval", str(run), "--suite", ",".join(SUITES), "--n", "1", "--batch-size", "2",
+                 "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert set(results) == set(SUITES) and all(0 <= results[name]["accuracy"] <= 1 for name in SUITES)
+    assert len(results["mad"]["task"]) == 6  # the suite as a whole: each of the six MAD tasks
+
+
+#: a run with settings far from the defaults (and tiny), logged every step.
+CUSTOM = ["--model.size", "tiny", "--model.overrides", "{num_layers: 1}", "--batch-size", "2", "--data.seq-len", "16",
+          "--data.val-tokens", "64", "--optim.lr", "1e-3", "--sample.max-new-tokens", "4", "--log-every", "1",
+          "--progress", "false"]
+
+
+def losses(run_dir) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {(r["step"], key): r[key] for r in records for key in ("loss", "val_loss") if key in r}
+
+
+def test_resume_reuses_the_saved_settings_as_the_ctrl_c_hint_says(tmp_path, capsys, monkeypatch):
+    whole = tmp_path / "whole"
+    assert main(["train", *CUSTOM, "--max-steps", "4", "--out", str(whole)]) == 0
+    step = Trainer._train_step
+
+    def ctrl_c_in_step_2(self, batch):
+        if self.step == 1:
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C: the run ends this step, saves and says how to resume
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", ctrl_c_in_step_2)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", *CUSTOM, "--max-steps", "4", "--out", str(run)]) == 130
+    monkeypatch.undo()
+    program, *argv = shlex.split(capsys.readouterr().out.split("resume with: ")[1].splitlines()[0])
+    assert program == "nestedmemory" and argv == ["train", "--resume", str(run)]
+    assert main(argv) == 0  # the hint, as printed
+    assert losses(run) == losses(whole)  # bit for bit
+    assert main(["train", "--resume", str(run), "--max-steps", "5", "--eval-every", "0"]) == 0  # flags override
+    assert (run / "checkpoint-000005").is_dir()
+    refused = one_line_error(capsys, ["train", "--resume", str(run), "--batch-size", "3"])
+    assert "incompatible config" in refused and "batch_size: 2 → 3" in refused
 
 
 def test_bench_throughput_and_scripts(capsys, tmp_path):

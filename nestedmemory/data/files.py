@@ -4,6 +4,7 @@ text pieces, so a text file larger than memory is read a few megabytes at a time
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ DATA_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".parquet")
 #: files that mark a folder written by ``datasets``' ``save_to_disk``.
 DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 PIECE_CHARS = 1 << 22
+#: the first bytes of a text or JSONL file that must be UTF-8 text (a binary file given by mistake is refused).
+SNIFF_BYTES = 1 << 16
 
 
 def documents(path: str | Path, text_field: str = "text") -> Iterator[Document]:
@@ -50,7 +53,23 @@ def _file(path: Path, text_field: str) -> Iterator[Document]:
         yield _text_pieces(path)
 
 
+def _check_text(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless its first :data:`SNIFF_BYTES` bytes are UTF-8 text: a NUL byte
+    or an invalid UTF-8 sequence there means a binary file (an archive, an image, a checkpoint), which would
+    otherwise train as a stream of replacement characters. Later bytes are read leniently (a stray bad byte deep
+    in a large corpus becomes U+FFFD)."""
+    with open(path, "rb") as file:
+        head = file.read(SNIFF_BYTES)
+    if b"\0" in head:
+        raise ValueError(f"{path} is not a text file: it holds a NUL byte at offset {head.index(0)}")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: invalid byte at offset {error.start}") from None
+
+
 def _text_pieces(path: Path) -> Iterator[str]:
+    _check_text(path)
     with open(path, encoding="utf-8", errors="replace") as file:
         piece, size = [], 0
         for line in file:
@@ -70,6 +89,7 @@ def _field(row, text_field: str, where: str) -> str:
 
 
 def _jsonl(path: Path, text_field: str) -> Iterator[Document]:
+    _check_text(path)
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
             if line.strip():

@@ -62,9 +62,15 @@ def generate(n: int, *, seed: int, task: str, vocab_size: int | None = None, seq
     return batch(input_ids, labels, vocab_size)
 
 
-def evaluate(model, *, n: int, seed: int, batch_size: int, task: str, **options) -> dict:
+def evaluate(model, *, n: int, seed: int, batch_size: int, task: str | None = None, **options) -> dict:
     """Token accuracy of ``model`` on ``n`` test examples of ``task`` (``options`` as in :func:`generate`;
-    ``vocab_size`` defaults to the task's baseline, which the model's vocabulary must cover)."""
+    ``vocab_size`` defaults to the task's baseline, which the model's vocabulary must cover). With no ``task``
+    (the suite as a whole, as ``nestedmemory eval --suite mad`` runs it): ``n`` examples of each of the six tasks,
+    their mean ``accuracy`` and the accuracy per ``task``."""
+    if task is None:
+        per_task = {name: evaluate(model, n=n, seed=seed, batch_size=batch_size, task=name, **options)["accuracy"]
+                    for name in TASKS}
+        return {"accuracy": float(np.mean(list(per_task.values()))), "task": per_task}
     data = generate(n, seed=seed, task=task, training=False, **options)
     return evaluate_data(model, data, batch_size=batch_size, exact=False)
 

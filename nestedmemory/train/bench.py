@@ -6,12 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..models import NestedMemoryForCausalLM
-from .config import ModelConfig, OptimConfig, model_config
+from .config import AT_LEAST_ONE, Limit, ModelConfig, OptimConfig, check_device, model_config
 from .errors import UserError
 from .optim import build_optimizer
 
@@ -29,13 +30,39 @@ def run_script(name: str, arguments: list[str]) -> int:
     return subprocess.call([sys.executable, str(BENCHMARKS / f"{name}.py"), *arguments])
 
 
-def throughput(model: ModelConfig, seq_len: int, batch_size: int, steps: int, device: str) -> float:
-    """Training tokens/s of ``model`` (random byte tokens, AdamW), timed over ``steps`` steps after one warm-up."""
+@dataclass
+class BenchConfig(ModelConfig):
+    """The model measured (its flags unprefixed: ``--preset``, ``--size``, ``--overrides``, ``--memory``) and how.
+
+    Args:
+        seq_len: tokens per sequence
+        batch_size: sequences per step
+        steps: steps timed, after one warm-up step
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``
+    """
+
+    seq_len: int = 256
+    batch_size: int = 16
+    steps: int = 3
+    device: str | None = None
+
+    FLAGS = ""
+    LIMITS = {"seq_len": Limit(2), "batch_size": AT_LEAST_ONE, "steps": AT_LEAST_ONE}
+
+    def check(self) -> None:
+        super().check()
+        check_device("device", self.device)
+
+
+def throughput(config: BenchConfig) -> float:
+    """Training tokens/s of the model of ``config`` (random byte tokens, AdamW), timed over ``config.steps`` steps
+    after one warm-up."""
     torch.set_flush_denormal(True)  # not runtime.configure_cpu: its mmap threshold costs +75% CPU time here
     torch.manual_seed(0)
-    network = NestedMemoryForCausalLM(model_config(model, 256)).to(device)
+    device, steps = config.device or "cpu", config.steps
+    network = NestedMemoryForCausalLM(model_config(config, 256)).to(device)
     optimizer = build_optimizer(network, OptimConfig())
-    batch = torch.randint(0, 256, (batch_size, seq_len), device=device)
+    batch = torch.randint(0, 256, (config.batch_size, config.seq_len), device=device)
 
     def step():
         network(input_ids=batch, labels=batch).loss.backward()
@@ -48,4 +75,4 @@ def throughput(model: ModelConfig, seq_len: int, batch_size: int, steps: int, de
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * batch_size * seq_len / (time.perf_counter() - start)
+    return steps * batch.numel() / (time.perf_counter() - start)

@@ -3,15 +3,27 @@ and flags (``--model.preset hope``), and the model they describe.
 
 ``DEFAULT_PRESET`` / ``DEFAULT_SIZE`` are what ``nestedmemory train`` trains with no arguments. Besides the model
 sizes of :data:`nestedmemory.models.SIZES`, training knows :data:`TRAIN_SIZES`: ``small``, the default CPU run.
+Every settings dataclass checks its values when it is built (:class:`Settings`), raising :class:`InvalidSetting`
+with a message that names the flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import inspect
+import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from ..models import SIZES, NestedMemoryConfig, preset_config
+import torch
+
+from ..models import PRESETS, SIZES, NestedMemoryConfig, preset_config
+from ..models.config import LAYER_KEYS, RULE_KEYS, SELF_MODIFYING_KEYS, TNT_KEYS
 from .errors import UserError
 
 DEFAULT_PRESET = "hope"
@@ -26,8 +38,110 @@ TRAIN_SIZES: dict[str, tuple[str, dict, dict, dict]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# validation: every settings dataclass checks itself when it is built
+# ---------------------------------------------------------------------------------------------------------------
+
+class InvalidSetting(UserError, ValueError):
+    """A setting given a value it cannot take; the message names its flag (a ``ValueError`` too, for callers of
+    the Python API)."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric setting allows: finite numbers ``>= low`` (``> low`` when ``strict``), ``<= high``."""
+
+    low: float
+    high: float = math.inf
+    strict: bool = False
+
+    def problem(self, value) -> str | None:
+        """What is wrong with ``value`` (``None``: nothing)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"must be a number {self}, got {value!r}"
+        if not math.isfinite(value):
+            return f"must be a finite number {self}, got {value!r}"
+        inside = (value > self.low if self.strict else value >= self.low) and value <= self.high
+        return None if inside else f"must be {self}, got {value!r}"
+
+    def __str__(self) -> str:
+        if self.high < math.inf:
+            return f"in [{self.low:g}, {self.high:g}]"
+        return f"{'>' if self.strict else '>='} {self.low:g}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Limit(0, strict=True), Limit(0), Limit(1), Limit(0, 1)
+
+
+def check_names(flag: str, what: str, names: Iterable, known: Iterable) -> None:
+    """Raise :class:`InvalidSetting` for the first of ``names`` (a choice, or the keys of a dict) given to
+    ``--flag`` that is not in ``known``, suggesting the closest known name (the likely typo) or listing them."""
+    known = [str(name) for name in known]
+    for name in names:
+        if str(name) not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(sorted(known))}"
+            raise InvalidSetting(f"--{flag}: unknown {what} {name!r}; {hint}")
+
+
+def check_device(flag: str, device: str | None) -> None:
+    """Raise :class:`InvalidSetting` unless ``device`` (``None``: the default) is a device of torch that this
+    machine has: a CUDA device on a CPU-only build, or a GPU index past the last, fails here rather than mid-run."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InvalidSetting(f"--{flag}: unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    count = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
+    available = count.get(parsed.type, 0)
+    if (parsed.index or 0) >= available:
+        build = ", a CPU-only build" if parsed.type == "cuda" and torch.version.cuda is None else ""
+        raise InvalidSetting(f"--{flag}: device {device!r} is not available: this machine has {available} "
+                             f"{parsed.type} device(s) (torch {torch.__version__}{build})")
+
+
+def check_folder(flag: str, path: str | None) -> None:
+    """Raise :class:`InvalidSetting` if ``path`` (an output folder; ``None``: the default) is an existing file."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise InvalidSetting(f"--{flag} {path} is a file, not a folder")
+
+
+class Settings:
+    """Base of the settings dataclasses: construction checks every field named in ``LIMITS``, then :meth:`check`,
+    so the Python API (``train(TrainConfig(...))``) is validated like the command line, before anything is built
+    or written. Messages name the flag: ``FLAGS`` is the prefix of the class's flags (``optim.``). (Class
+    attributes, not annotated: jsonargparse resolves a subclass's annotations in the subclass's module.)"""
+
+    FLAGS = ""
+    #: field → the :class:`Limit` its values must keep.
+    LIMITS: dict = {}
+
+    def __post_init__(self) -> None:
+        for name, limit in self.LIMITS.items():
+            problem = limit.problem(getattr(self, name))
+            if problem:
+                raise InvalidSetting(f"--{self.FLAGS}{name} {problem}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks beyond the numeric ranges of ``LIMITS`` (names, keys, devices); none by default."""
+
+
+#: the fields ``--model.overrides`` may set: the keywords of :class:`NestedMemoryConfig`.
+CONFIG_FIELDS = frozenset(inspect.signature(NestedMemoryConfig.__init__).parameters) - {"self", "kwargs"}
+
+
+def memory_keys(architecture: str) -> frozenset[str]:
+    """The keys ``--model.memory`` takes for ``architecture`` (those ``NestedMemoryConfig.memory_layer_kwargs``
+    accepts): self-modifying Titans' keywords for ``hope``, else the MemoryRule fields and memory-layer options."""
+    if architecture == "hope":
+        return SELF_MODIFYING_KEYS
+    return RULE_KEYS | LAYER_KEYS | (TNT_KEYS if architecture == "tnt" else frozenset())
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Settings):
     """The model.
 
     Args:
@@ -42,9 +156,19 @@ class ModelConfig:
     overrides: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
 
+    FLAGS = "model."
+
+    def check(self) -> None:
+        """Known preset and size; ``overrides`` keys that are config fields, ``memory`` keys of the preset's rule
+        (a typo would otherwise be saved with the run and silently do nothing, or fail deep in the model)."""
+        check_names(f"{self.FLAGS}preset", "preset", [self.preset], PRESETS)
+        check_names(f"{self.FLAGS}size", "size", [self.size], [*SIZES, *TRAIN_SIZES])
+        check_names(f"{self.FLAGS}overrides", "key", self.overrides, CONFIG_FIELDS)
+        check_names(f"{self.FLAGS}memory", "key", self.memory, memory_keys(PRESETS[self.preset][0]))
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Settings):
     """The training text.
 
     Args:
@@ -66,9 +190,12 @@ class DataConfig:
     val_tokens: int = 65536
     shuffle_buffer: int = 1024
 
+    FLAGS = "data."
+    LIMITS = {"seq_len": Limit(2), "val_tokens": AT_LEAST_ONE, "shuffle_buffer": AT_LEAST_ONE}
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Settings):
     """The optimizer and learning-rate schedule (linear warm-up, then cosine decay to ``min_lr_ratio · lr``).
 
     Args:
@@ -89,9 +216,27 @@ class OptimConfig:
     grad_clip: float = 1.0
     options: dict = field(default_factory=dict)
 
+    FLAGS = "optim."
+    LIMITS = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "min_lr_ratio": FRACTION,
+              "grad_clip": NON_NEGATIVE}
+
+    def check(self) -> None:
+        """``options``: keywords of the optimizer's constructor, with values it accepts — tried on a dummy
+        parameter, so the optimizer's own checks run now, not after the model is built."""
+        from .optim import OPTIMIZERS  # here: that module imports this one
+
+        module, name, defaults = OPTIMIZERS[self.name]
+        optimizer = getattr(importlib.import_module(module), name)
+        keywords = set(inspect.signature(optimizer).parameters) - {"params", "lr"}
+        check_names(f"{self.FLAGS}options", "key", self.options, keywords)
+        try:
+            optimizer([torch.zeros(2, 2, requires_grad=True)], lr=self.lr, **{**defaults, **self.options})
+        except (TypeError, ValueError) as error:
+            raise InvalidSetting(f"--{self.FLAGS}options {self.options}: {error}") from None
+
 
 @dataclass
-class TNTConfig:
+class TNTConfig(Settings):
     """TNT's two-stage schedule (TNT §3.3; ``tnt`` models only).
 
     Args:
@@ -102,9 +247,12 @@ class TNTConfig:
     stage2_steps: int = 0
     local_chunk_sizes: list[int] | None = None
 
+    FLAGS = "tnt."
+    LIMITS = {"stage2_steps": NON_NEGATIVE}
+
 
 @dataclass
-class SampleConfig:
+class SampleConfig(Settings):
     """Sampling.
 
     Args:
@@ -121,9 +269,13 @@ class SampleConfig:
     top_k: int = 0
     seed: int = 0
 
+    FLAGS = "sample."
+    LIMITS = {"max_new_tokens": AT_LEAST_ONE, "temperature": NON_NEGATIVE, "top_k": NON_NEGATIVE,
+              "seed": NON_NEGATIVE}
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Train a model, evaluate its validation loss, print a sample; write a run folder.
 
     Args:
@@ -171,6 +323,15 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
 
+    LIMITS = {"max_steps": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "seed": NON_NEGATIVE, "log_every": AT_LEAST_ONE,
+              "eval_every": NON_NEGATIVE, "save_every": NON_NEGATIVE, "keep_checkpoints": AT_LEAST_ONE,
+              "skip_nonfinite": NON_NEGATIVE}
+
+    def check(self) -> None:
+        """A device this machine has; an ``out`` that can be a folder."""
+        check_device("device", self.device)
+        check_folder("out", self.out)
+
 
 #: fields a resumed run may change: where and how it runs and reports, not what it computes (``max_steps``
 #: changes the schedule from there on).
@@ -207,8 +368,6 @@ def model_config(model: ModelConfig, vocab_size: int) -> NestedMemoryConfig:
     """The config of ``model``, its vocabulary sized to the tokenizer's ``vocab_size`` unless ``overrides``
     set a (larger) one. Raises :class:`UserError` naming the problem."""
     base, size_overrides, size_memory, size_cms = TRAIN_SIZES.get(model.size, (model.size, {}, {}, {}))
-    if base not in SIZES:
-        raise UserError(f"unknown size {model.size!r}; choose one of {list(SIZES) + list(TRAIN_SIZES)}")
     overrides = {**size_overrides, "vocab_size": vocab_size, **model.overrides}
     if overrides["vocab_size"] < vocab_size:
         raise UserError(f"model vocab_size {overrides['vocab_size']} is smaller than the tokenizer's {vocab_size}")
