@@ -148,6 +148,16 @@ class NestedMemoryConfig(PretrainedConfig):
                 raise ValueError(f"NestedMemoryConfig.memory: {error}") from error
         super().__post_init__(**kwargs)
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Write ``config.json`` and, beside it, the model's code with an ``auto_map`` (:func:`.hub.save_code`), so
+        the folder loads with ``trust_remote_code=True`` without this package. A class loaded as remote code
+        (``_auto_class`` set) is saved by ``transformers``, which copies its own files."""
+        if self._auto_class is None:
+            from .hub import save_code
+
+            save_code(self, save_directory)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     @property
     def uses_memory(self) -> bool:
         return self.architecture != "transformer"
