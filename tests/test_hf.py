@@ -182,13 +182,14 @@ def write_task(folder, name: str, data) -> None:
     (folder / f"{name}.yaml").write_text(source + textwrap.dedent(LM_EVAL_TASKS[name]))
 
 
-def test_lm_eval_reads_a_checkpoint_offline(tmp_path):
-    """The ``lm_eval --model hf`` command line on a training checkpoint, two local tasks, no network: its
+def test_lm_eval_reads_a_run_offline(tmp_path):
+    """The README's ``lm_eval --model hf`` command line on a run folder (its newest checkpoint), two local tasks, no network: its
     log-likelihoods are the model's own (so it fed the model the byte ids, with NUL as the rolling prefix)."""
     pytest.importorskip("lm_eval", reason="needs lm-eval (pip install nestedmemory[eval])")
     pytest.importorskip("accelerate", reason="lm-eval's hf model needs lm-eval[hf] (pip install nestedmemory[eval])")
     model = tiny()
-    folder = checkpoint.save(tmp_path / "run", 1, model.config, model.state_dict(), ByteTokenizer(), {}, keep=1)
+    checkpoint.save(tmp_path / "run", 1, model.config, model.state_dict(), ByteTokenizer(), {}, keep=1)
+    folder = tmp_path / "run"  # the run folder links its newest checkpoint
     doc = {"text": TEXT, "context": "The cat sat on the", "choices": ["mat", "moon"], "label": 0}
     (tmp_path / "docs.jsonl").write_text(json.dumps(doc) + "\n")
     (tmp_path / "tasks").mkdir()

@@ -208,6 +208,18 @@ def test_rotation_deletes_only_older_checkpoints(tmp_path):
     assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["checkpoint-000010", "checkpoint-000011"]
 
 
+def test_run_folder_links_its_newest_checkpoint(tmp_path):
+    """``<run>/config.json`` etc. point at the newest checkpoint (a model folder for ``from_pretrained(<run>)`` and
+    lm-eval); the trainer state is not linked, and a run folder still resolves to its newest checkpoint."""
+    for step in (1, 2):
+        save_empty(tmp_path, step, keep=1)
+    links = sorted(p.name for p in tmp_path.iterdir() if p.is_symlink())
+    assert "config.json" in links and "model.safetensors" in links and checkpoints.STATE not in links
+    assert all((tmp_path / name).resolve().parent.name == "checkpoint-000002" for name in links)
+    assert checkpoints.resolve(tmp_path) == tmp_path / "checkpoint-000002"
+    assert checkpoints.resolve(tmp_path / "checkpoint-000002") == tmp_path / "checkpoint-000002"
+
+
 # ------------------------------------------------------------------ run-folder lock
 def test_run_lock_is_exclusive_and_released(tmp_path):
     with RunLock(tmp_path):

@@ -47,6 +47,8 @@ class NestedMemoryPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
     _is_stateful = True  # generate: no assisted decoding (a recurrent state cannot be rolled back)
+    #: checkpoints written before attention built persistent tokens only when used hold empty ones (dropped on load)
+    _keys_to_ignore_on_load_unexpected = [r"\.persistent_[kv]$"]
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

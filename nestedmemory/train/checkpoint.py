@@ -1,11 +1,15 @@
 """Checkpoints: one folder per step, ``<run>/checkpoint-000100/``, that is also a Hugging Face model folder —
-``config.json`` + ``model.safetensors`` (``from_pretrained`` reads it), the tokenizer when it has a file, and
-``trainer_state.pt`` (optimizer, scheduler, RNG, data position, the run's config).
+``config.json`` + ``model.safetensors`` + the model's code (``from_pretrained`` reads it, with
+``trust_remote_code=True`` also without this package), the tokenizer, and ``trainer_state.pt`` (optimizer, scheduler, RNG, data position, the run's config).
 
 A checkpoint is written into a hidden temporary folder, its files flushed to disk, then renamed into place
 (``os.replace``, atomic): a crash or Ctrl-C leaves either the complete checkpoint or none, and an existing one is
 never written over. Rotation keeps the newest ``keep`` (at least one: the checkpoint just written) and deletes
-only checkpoints older than it."""
+only checkpoints older than it.
+
+The run folder is itself a model folder of its newest checkpoint: every file of that checkpoint but the trainer
+state is linked there (``<run>/config.json → checkpoint-000100/config.json``, …), so ``from_pretrained(<run>)``,
+``nestedmemory generate <run>`` and ``lm_eval --model hf --model_args pretrained=<run>`` read the newest weights."""
 
 from __future__ import annotations
 
@@ -42,14 +46,15 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resolve(path: str | Path) -> Path:
-    """The checkpoint folder ``path`` names: itself, or the newest checkpoint of a run folder."""
+    """The checkpoint folder ``path`` names: the newest checkpoint of a run folder (whose own links also look like
+    a model folder), or itself."""
     path = Path(path)
+    found = checkpoints(path)
+    if found:
+        return found[-1]
     if (path / WEIGHTS).exists() or (path / STATE).exists():
         return path
-    found = checkpoints(path)
-    if not found:
-        raise CheckpointError(f"no checkpoint at {path}" if path.exists() else f"checkpoint not found: {path}")
-    return found[-1]
+    raise CheckpointError(f"no checkpoint at {path}" if path.exists() else f"checkpoint not found: {path}")
 
 
 def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, trainer_state: dict,
@@ -72,8 +77,24 @@ def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, t
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
     os.replace(temporary, final)
+    link_newest(run_dir)
     rotate(run_dir, step, keep)
     return final
+
+
+def link_newest(run_dir: Path) -> None:
+    """Link every file of the newest checkpoint but the trainer state into ``run_dir`` (relative symlinks, each
+    replaced atomically), and remove links to checkpoint files the newest one lacks."""
+    newest = checkpoints(run_dir)[-1]
+    names = {file.name for file in newest.iterdir() if file.name != STATE}
+    for name in names:
+        temporary = run_dir / f".{name}.link-{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(Path(newest.name) / name)
+        os.replace(temporary, run_dir / name)
+    for link in run_dir.iterdir():
+        if link.is_symlink() and link.name not in names and _NAME.match(Path(os.readlink(link)).parts[0]):
+            link.unlink()
 
 
 def rotate(run_dir: Path, step: int, keep: int) -> None:
