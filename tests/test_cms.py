@@ -182,7 +182,9 @@ def test_hope_attention_generates_and_round_trips(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).double().eval()
     assert loaded.config.cms == model.config.cms
-    assert torch.equal(model(expected).logits, loaded(expected).logits)
+    # equal up to rounding: memory-mapped safetensors weights are not 64-byte aligned, so kernels may vectorise
+    # differently than on the in-memory copy
+    torch.testing.assert_close(model(expected).logits, loaded(expected).logits, rtol=1e-12, atol=1e-12)
 
 
 @torch.no_grad()

@@ -38,6 +38,17 @@ SELF_MODIFYING_KEYS = frozenset(inspect.signature(SelfModifyingTitans).parameter
     "dim", "num_heads", "head_dim", "layer_idx", "mode"}
 
 
+def layer_keys(architecture: str) -> frozenset[str]:
+    """The memory-layer options (not MemoryRule fields) that ``memory`` may set for ``architecture``."""
+    return LAYER_KEYS | (TNT_KEYS if architecture == "tnt" else frozenset())
+
+
+def memory_keys(architecture: str) -> frozenset[str]:
+    """Every key ``memory`` may hold for ``architecture``: self-modifying Titans' keywords for ``hope``, else the
+    MemoryRule fields and the layer options."""
+    return SELF_MODIFYING_KEYS if architecture == "hope" else RULE_KEYS | layer_keys(architecture)
+
+
 def _positive_int(name: str, value, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"NestedMemoryConfig.{name} must be an integer >= {minimum}, got {value!r}")
@@ -176,19 +187,18 @@ class NestedMemoryConfig(PretrainedConfig):
         memory = (TITANS_RULE if self.architecture != "hope" else {}) if self.memory is None else self.memory
         if not isinstance(memory, dict):
             raise ValueError(f"NestedMemoryConfig.memory must be a dict or None, got {type(memory).__name__}")
+        unknown = set(memory) - memory_keys(self.architecture)
         if self.architecture == "hope":
-            unknown = set(memory) - SELF_MODIFYING_KEYS
             if unknown:
                 raise ValueError(f"NestedMemoryConfig.memory has unknown keys {sorted(unknown)}; self-modifying "
                                  f"Titans takes {sorted(SELF_MODIFYING_KEYS)}")
             return dict(memory)
-        layer_keys = LAYER_KEYS | (TNT_KEYS if self.architecture == "tnt" else frozenset())
-        unknown = set(memory) - RULE_KEYS - layer_keys
+        options = layer_keys(self.architecture)
         if unknown:
             raise ValueError(f"NestedMemoryConfig.memory has unknown keys {sorted(unknown)}; MemoryRule fields are "
-                             f"{sorted(RULE_KEYS)}, layer options {sorted(layer_keys)}")
+                             f"{sorted(RULE_KEYS)}, layer options {sorted(options)}")
         try:
             rule = MemoryRule(**{k: v for k, v in memory.items() if k in RULE_KEYS})
         except (TypeError, ValueError) as error:
             raise ValueError(f"NestedMemoryConfig.memory: {error}") from error
-        return dict({k: v for k, v in memory.items() if k in layer_keys}, rule=rule)
+        return dict({k: v for k, v in memory.items() if k in options}, rule=rule)

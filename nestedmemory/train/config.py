@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
 import math
 import numbers
@@ -23,7 +22,7 @@ from typing import Literal
 import torch
 
 from ..models import PRESETS, SIZES, NestedMemoryConfig, preset_config
-from ..models.config import LAYER_KEYS, RULE_KEYS, SELF_MODIFYING_KEYS, TNT_KEYS
+from ..models.config import memory_keys
 from .errors import UserError
 
 DEFAULT_PRESET = "hope"
@@ -132,14 +131,6 @@ class Settings:
 CONFIG_FIELDS = frozenset(inspect.signature(NestedMemoryConfig.__init__).parameters) - {"self", "kwargs"}
 
 
-def memory_keys(architecture: str) -> frozenset[str]:
-    """The keys ``--model.memory`` takes for ``architecture`` (those ``NestedMemoryConfig.memory_layer_kwargs``
-    accepts): self-modifying Titans' keywords for ``hope``, else the MemoryRule fields and memory-layer options."""
-    if architecture == "hope":
-        return SELF_MODIFYING_KEYS
-    return RULE_KEYS | LAYER_KEYS | (TNT_KEYS if architecture == "tnt" else frozenset())
-
-
 @dataclass
 class ModelConfig(Settings):
     """The model.
@@ -223,10 +214,9 @@ class OptimConfig(Settings):
     def check(self) -> None:
         """``options``: keywords of the optimizer's constructor, with values it accepts — tried on a dummy
         parameter, so the optimizer's own checks run now, not after the model is built."""
-        from .optim import OPTIMIZERS  # here: that module imports this one
+        from .optim import optimizer_class  # here: that module imports this one
 
-        module, name, defaults = OPTIMIZERS[self.name]
-        optimizer = getattr(importlib.import_module(module), name)
+        optimizer, defaults = optimizer_class(self.name)
         keywords = set(inspect.signature(optimizer).parameters) - {"params", "lr"}
         check_names(f"{self.FLAGS}options", "key", self.options, keywords)
         try:

@@ -35,9 +35,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float, orthogonalise: boo
             for kind, params in groups.items() if params]
 
 
+def optimizer_class(name: str) -> tuple[type, dict]:
+    """The optimizer class called ``name`` in :data:`OPTIMIZERS` (imported now) and its default keywords."""
+    module, cls, defaults = OPTIMIZERS[name]
+    return getattr(importlib.import_module(module), cls), defaults
+
+
 def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    module, name, defaults = OPTIMIZERS[config.name]
-    cls = getattr(importlib.import_module(module), name)
+    cls, defaults = optimizer_class(config.name)
     groups = param_groups(model, config.weight_decay, orthogonalise=config.name != "adamw")
     return cls(groups, lr=config.lr, **{**defaults, **config.options})
 
