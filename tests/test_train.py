@@ -2,6 +2,8 @@
 anything is written, optimizers and schedule, the default configuration."""
 
 import dataclasses
+
+import checks
 import hashlib
 import signal
 
@@ -17,7 +19,6 @@ from nestedmemory.train import (
     DataConfig,
     ModelConfig,
     OptimConfig,
-    SampleConfig,
     TNTConfig,
     TrainConfig,
     UserError,
@@ -32,11 +33,7 @@ from nestedmemory.train.loop import Trainer
 from nestedmemory.train.optim import build_optimizer, build_scheduler
 
 
-def tiny(out, **changes) -> TrainConfig:
-    config = TrainConfig(model=ModelConfig(size="tiny"), data=DataConfig(seq_len=32, val_tokens=512, shuffle_buffer=16),
-                         sample=SampleConfig(max_new_tokens=4), out=out and str(out), max_steps=6, batch_size=4,
-                         log_every=1, eval_every=0, save_every=3, keep_checkpoints=3, progress=False)
-    return dataclasses.replace(config, **changes)
+tiny = checks.tiny_run
 
 
 def losses(run_dir) -> dict[int, float]:

@@ -4,6 +4,8 @@ as errors; checkpoint rotation never deletes the checkpoint just written; a live
 preset builds only parameters it uses, so every preset resumes."""
 
 import dataclasses
+
+import checks
 import math
 import os
 import signal
@@ -35,10 +37,7 @@ from nestedmemory.train.lock import LOCK_FILE, RunLock
 
 
 def tiny(out, **changes) -> TrainConfig:
-    config = TrainConfig(model=ModelConfig(size="tiny"), data=DataConfig(seq_len=32, val_tokens=512, shuffle_buffer=16),
-                         sample=SampleConfig(max_new_tokens=4), out=out and str(out), max_steps=6, batch_size=4,
-                         log_every=1, eval_every=0, save_every=0, keep_checkpoints=3, progress=False)
-    return dataclasses.replace(config, **changes)
+    return checks.tiny_run(out, **{"save_every": 0, **changes})
 
 
 def records(run_dir) -> list[dict]:
