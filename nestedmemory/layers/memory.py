@@ -31,10 +31,25 @@ def frozen(gates: dict) -> dict:
 MOMENTUM_MAX = 0.95
 
 
-def chunk_steps(chunk_size: int, lr_init: float | None, lr_max: float | None) -> tuple[float, float]:
+def ema_step(lr, momentum):
+    """Titans' momentum ``S_t = η_t S_{t−1} − θ_t u_t`` (Eq. 13) with ``θ_t = (1 − η_t) θ̃_t``: an exponential moving
+    average of the surprises, so a run of equal surprises moves the memory by ``θ̃`` per token, not by up to
+    ``θ̃ / (1 − η)`` (20× at the bound η = 0.95). With the gradients of a chunk frozen at its start (SPEC §2.2), a
+    key repeated through a chunk otherwise steps ``≈ C θ̃ / (1 − η)`` along itself: the tiny Titans' memories blew up
+    on a run of one token (position 104) and in MAC (aligned attention outputs) at initialisation
+    (docs/decisions.md). ``θ̃`` is the layer's lr gate; ``θ_t`` stays a data-dependent gate as in the paper."""
+    return lr * (1 - momentum)  # both per head or both channel-wise (one ``channel_gates``)
+
+
+def chunk_steps(chunk_size: int, lr_init: float | None, lr_max: float | None,
+                ema: bool = False) -> tuple[float, float]:
     """The inner step's initial value and bound: given values, else ``lr_init = min(0.05, 0.4 / C)`` (a chunk of C
-    tokens takes C steps from one gradient point, so the stable step shrinks with C) and ``lr_max = 4 · lr_init``."""
-    lr_init = min(0.05, 0.4 / chunk_size) if lr_init is None else lr_init
+    tokens takes C steps from one gradient point, so the stable step shrinks with C) and ``lr_max = 4 · lr_init``.
+    With ``ema`` (the EMA momentum step, :func:`ema_step`, whose steady gain is 1 where the plain momentum's was
+    ``1/(1 − η) = 10`` at initialisation) ``lr_init = min(0.2, 2 / C)``: half the old steady step, enough to hold the
+    memory's norm against the forget gate over 4K tokens at C = 64 (docs/decisions.md)."""
+    cap, scale = (0.2, 2.0) if ema else (0.05, 0.4)
+    lr_init = min(cap, scale / chunk_size) if lr_init is None else lr_init
     return lr_init, 4 * lr_init if lr_max is None else lr_max
 
 
@@ -45,15 +60,17 @@ class RuleParameters(nn.Module):
 
     def build_rule_parameters(self, dim: int, num_heads: int, head_dim: int, rule: MemoryRule, *,
                               channel_gates: bool, gate_rank: int, lr_init: float | None, lr_max: float | None,
-                              decay_init: float, momentum_init: float, threshold_init: float, shift_init: float):
+                              decay_init: float, momentum_init: float, threshold_init: float, shift_init: float,
+                              ema_momentum: bool):
         """``gate_config`` keeps the arguments (``lr_init``/``lr_max`` as given, before their chunk-size-dependent
         defaults) to build further memories alike."""
         self.rule, self.heads, self.head_dim = rule, num_heads, head_dim
         self.gate_config = dict(channel_gates=channel_gates, gate_rank=gate_rank, lr_init=lr_init, lr_max=lr_max,
                                 decay_init=decay_init, momentum_init=momentum_init, threshold_init=threshold_init,
-                                shift_init=shift_init)
+                                shift_init=shift_init, ema_momentum=ema_momentum)
+        self.ema_momentum = ema_momentum and rule.learner == "momentum"
         channels = head_dim if channel_gates else None
-        lr_init, lr_max = chunk_steps(rule.chunk_size, lr_init, lr_max)
+        lr_init, lr_max = chunk_steps(rule.chunk_size, lr_init, lr_max, ema=self.ema_momentum)
         self.lr = Gate(dim, num_heads, init=lr_init, scale=lr_max, channels=channels, rank=gate_rank)
         self.decay = None if rule.retention == "none" else \
             Gate(dim, num_heads, init=decay_init, channels=channels, rank=gate_rank)
@@ -90,13 +107,16 @@ class RuleParameters(nn.Module):
         return MemoryState(weights=list(weights))
 
     def gates(self, x, real):
-        """Token-wise gates; padding tokens (``real`` = 0) write nothing and forget nothing."""
+        """Token-wise gates; padding tokens (``real`` = 0) write nothing and forget nothing. With
+        ``ema_momentum`` the momentum learner's step is ``θ_t = (1 − η_t) θ̃_t`` (:func:`ema_step`)."""
         keep = real.unsqueeze(-1)
         out = {"lr": self.lr(x) * (keep if self.lr.channels is None else keep.unsqueeze(-1))}
         if self.decay is not None:
             out["decay"] = self.decay(x) * (keep if self.decay.channels is None else keep.unsqueeze(-1))
         if self.momentum is not None:
             out["momentum"] = self.momentum(x)
+            if self.ema_momentum:
+                out["lr"] = ema_step(out["lr"], out["momentum"])
         if self.threshold is not None:
             out["threshold"] = F.softplus(self.threshold(x))
         if self.shift is not None:
@@ -111,10 +131,12 @@ class RuleParameters(nn.Module):
 class MemoryMixer(RuleParameters):
     """A multi-head associative-memory layer running ``rule`` (one independent memory per head).
 
-    Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``: a chunk of
+    Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``, with the
+    EMA momentum step ``min(0.2, 2/C)`` (:func:`chunk_steps`): a chunk of
     C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
     (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9, bounded by
-    :data:`MOMENTUM_MAX`): with these the memory keeps
+    :data:`MOMENTUM_MAX`; ``ema_momentum``: the momentum learner steps ``(1 − η_t) θ_t``, :func:`ema_step`;
+    ``False`` is the plain Titans step of earlier versions): with these the memory keeps
     its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
     rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
     (Titans: SiLU on q, k and v)."""
@@ -124,7 +146,7 @@ class MemoryMixer(RuleParameters):
                  gate_rank: int = 32, lr_init: float | None = None, lr_max: float | None = None,
                  decay_init: float = 0.001,
                  momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
-                 layer_idx: int = 0):
+                 ema_momentum: bool = True, layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         if activation not in (None, "silu"):
@@ -136,7 +158,8 @@ class MemoryMixer(RuleParameters):
         self.convs = nn.ModuleList(ShortConvolution(inner, conv_size) for _ in range(3))
         self.build_rule_parameters(dim, num_heads, head_dim, rule, channel_gates=channel_gates, gate_rank=gate_rank,
                                    lr_init=lr_init, lr_max=lr_max, decay_init=decay_init,
-                                   momentum_init=momentum_init, threshold_init=threshold_init, shift_init=shift_init)
+                                   momentum_init=momentum_init, threshold_init=threshold_init, shift_init=shift_init,
+                                   ema_momentum=ema_momentum)
         self.norm = RMSNorm(head_dim)
         self.g_proj = nn.Linear(dim, inner, bias=False)
         self.o_proj = nn.Linear(inner, dim, bias=False)
