@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--memory-lr", type=float, default=0.0125,
-                        help="the memories' initial inner step θ (bound 4θ) at every C, so only C differs")
+                        help="the memories' initial inner step θ (bound 4θ) at every C, so only C differs; 0: "
+                             "the layer's defaults (they depend on C)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=128)
     parser.add_argument("--kv-pairs", type=int, default=8)
@@ -101,7 +102,8 @@ def main() -> None:
     runs = []
     for train_chunk in args.train_chunks:
         torch.manual_seed(args.seed)
-        memory = dict(TITANS, chunk_size=train_chunk, lr_init=args.memory_lr, lr_max=4 * args.memory_lr)
+        steps = {} if args.memory_lr == 0 else dict(lr_init=args.memory_lr, lr_max=4 * args.memory_lr)
+        memory = dict(TITANS, chunk_size=train_chunk, **steps)
         model = from_preset("titans-lmm", size="tiny", memory=memory, vocab_size=vocab)
         if args.task == "lm":
             suite = Shakespeare(args.seq_len, args.batch_size, args.seed)

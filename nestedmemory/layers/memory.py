@@ -46,11 +46,12 @@ def chunk_steps(chunk_size: int, lr_init: float | None, lr_max: float | None,
     """The inner step's initial value and bound: given values, else ``lr_init = min(0.05, 0.4 / C)`` (a chunk of C
     tokens takes C steps from one gradient point, so the stable step shrinks with C) and ``lr_max = 4 · lr_init``.
     With ``ema`` (the EMA momentum step, :func:`ema_step`, whose steady gain is 1 where the plain momentum's was
-    ``1/(1 − η) = 10`` at initialisation) ``lr_init = min(0.2, 2 / C)``: half the old steady step, enough to hold the
-    memory's norm against the forget gate over 4K tokens at C = 64 (docs/decisions.md)."""
-    cap, scale = (0.2, 2.0) if ema else (0.05, 0.4)
+    ``1/(1 − η)``) ``lr_init = min(0.1, 1.5 / C)`` and ``lr_max = 2 · lr_init``: the per-token step's bound is the
+    plain step's (0.2 at C = 8) while the steady step is 5–20× smaller, and the memory still holds its norm against
+    the forget gate over 4K tokens at C = 64 (docs/decisions.md)."""
+    cap, scale, bound = (0.1, 1.5, 2) if ema else (0.05, 0.4, 4)
     lr_init = min(cap, scale / chunk_size) if lr_init is None else lr_init
-    return lr_init, 4 * lr_init if lr_max is None else lr_max
+    return lr_init, bound * lr_init if lr_max is None else lr_max
 
 
 class RuleParameters(nn.Module):
@@ -132,9 +133,9 @@ class MemoryMixer(RuleParameters):
     """A multi-head associative-memory layer running ``rule`` (one independent memory per head).
 
     Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``, with the
-    EMA momentum step ``min(0.2, 2/C)`` (:func:`chunk_steps`): a chunk of
+    EMA momentum step ``min(0.1, 1.5/C)`` (:func:`chunk_steps`): a chunk of
     C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
-    (default ``4 · lr_init``), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9, bounded by
+    (default ``4 · lr_init``, ``2 · lr_init`` with the EMA step), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9, bounded by
     :data:`MOMENTUM_MAX`; ``ema_momentum``: the momentum learner steps ``(1 − η_t) θ_t``, :func:`ema_step`;
     ``False`` is the plain Titans step of earlier versions): with these the memory keeps
     its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
