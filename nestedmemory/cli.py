@@ -257,7 +257,7 @@ def saved_settings(resume: str) -> dict:
     which say where this command reads and writes."""
     from .train import checkpoint
 
-    _, state = checkpoint.load(checkpoint.resolve(resume))
+    state = checkpoint.trainer_state(checkpoint.resolve(resume), mmap=True)  # the weights are read by the trainer
     saved = {k: v for k, v in state["config"].items() if k not in ("out", "resume")}
     return known_fields(TrainConfig, saved)
 

@@ -16,6 +16,7 @@ loader does not read, so a ``from .<file> import __name__`` line before it names
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 from pathlib import Path
@@ -92,6 +93,7 @@ def _rewrite_imports(source: str, package: str) -> tuple[str, list[str]]:
     return data.decode("utf-8"), imported
 
 
+@functools.cache  # the installed source does not change within a process; every checkpoint writes it
 def bundle(entry: str = ENTRY) -> dict[str, str]:
     """``{file name: source}`` of ``entry`` and every package module it imports, directly or not."""
     files, pending = {}, [entry]

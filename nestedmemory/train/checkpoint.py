@@ -116,8 +116,16 @@ def load(directory: Path) -> tuple[dict, dict]:
         model_state = load_file(weights)
     except Exception as error:  # safetensors raises its own SafetensorError (and OSError, ValueError)
         raise CheckpointError(f"checkpoint file {weights} is corrupt or truncated ({error})") from error
+    return model_state, trainer_state(directory)
+
+
+def trainer_state(directory: Path, mmap: bool = False) -> dict:
+    """The trainer state of a checkpoint folder (``mmap``: tensors mapped, not read — for its settings alone); a
+    missing, truncated or corrupt file raises :class:`CheckpointError` naming it."""
+    state = directory / STATE
+    if not state.is_file():
+        raise CheckpointError(f"checkpoint {directory} is incomplete: {STATE} is missing")
     try:
-        trainer_state = torch.load(state, map_location="cpu", weights_only=True)
+        return torch.load(state, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # pickle / zip errors of a damaged file have no common type
         raise CheckpointError(f"checkpoint file {state} is corrupt or truncated ({error})") from error
-    return model_state, trainer_state
