@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import LayerStates
+from .common import residual_output
 from .rope import apply_rope
 
 
@@ -53,7 +54,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
+        self.o_proj = residual_output(nn.Linear(num_heads * head_dim, dim, bias=False))
         self.persistent_tokens = persistent_tokens
         if persistent_tokens:  # no zero-size parameters: they never get a gradient (nor optimizer state)
             self.persistent_k = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))

@@ -9,6 +9,22 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def keep_init(*modules: nn.Module) -> None:
+    """Mark linear layers whose constructor initialisation is deliberate (a gate's zero projection and its bias at
+    the gate's initial value, a threshold's softplus bias): the model's weight initialisation leaves them as they are
+    (:meth:`~nestedmemory.models.NestedMemoryPreTrainedModel._init_weights`)."""
+    for module in modules:
+        for linear in module.modules():
+            linear.keep_init = True
+
+
+def residual_output(linear: nn.Linear) -> nn.Linear:
+    """Mark ``linear`` as a layer's output projection (what the block adds to the residual stream): the model draws
+    it with the GPT-2 / Llama-style scaled standard deviation ``σ / sqrt(2 · num_layers)``."""
+    linear.residual_output = True
+    return linear
+
+
 class ShortConvolution(nn.Module):
     """Depthwise causal 1-D convolution over time, kernel ``size`` (Titans §4.4, Miras §5.4: size 4).
 
@@ -71,6 +87,7 @@ class Gate(nn.Module):
         last = self.proj if channels is None else self.proj[-1]
         nn.init.zeros_(last.weight)
         nn.init.constant_(last.bias, logit(init / scale))
+        keep_init(self.proj)
 
     def forward(self, x):
         g = self.scale * torch.sigmoid(self.proj(x))

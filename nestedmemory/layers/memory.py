@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import default_poly_coeffs
 from .cache import LayerStates
-from .common import Gate, RMSNorm, ShortConvolution, head_layout, padded_output, real_tokens
+from .common import (Gate, RMSNorm, ShortConvolution, head_layout, keep_init, padded_output, real_tokens,
+                     residual_output)
 
 
 def frozen(gates: dict) -> dict:
@@ -83,6 +84,7 @@ class RuleParameters(nn.Module):
             if lin is not None:  # softplus(b) = value at initialisation
                 nn.init.zeros_(lin.weight)
                 nn.init.constant_(lin.bias, math.log(math.expm1(value)))
+                keep_init(lin)
         self.window = Gate(dim, num_heads * rule.window, init=0.5) if rule.window > 1 else None
         if rule.feature_map == "poly":  # a_i = softplus(ρ_i), initialised at 1/i! (Atlas Eq. 5)
             a = default_poly_coeffs(rule.degree)
@@ -163,7 +165,7 @@ class MemoryMixer(RuleParameters):
                                    ema_momentum=ema_momentum)
         self.norm = RMSNorm(head_dim)
         self.g_proj = nn.Linear(dim, inner, bias=False)
-        self.o_proj = nn.Linear(inner, dim, bias=False)
+        self.o_proj = residual_output(nn.Linear(inner, dim, bias=False))
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import explicit, forward as memory_forward
 from .cache import LayerStates
-from .common import RMSNorm, ShortConvolution, head_layout, logit, padded_output, real_tokens
+from .common import RMSNorm, ShortConvolution, head_layout, logit, padded_output, real_tokens, residual_output
 from .memory import chunk_steps
 
 #: the generated memories, in the order they are stacked along the head axis
@@ -104,7 +104,7 @@ class SelfModifyingTitans(nn.Module):
         self.momentum_logit = None if momentum is None else nn.Parameter(torch.full((num_heads,), logit(momentum)))
         self.norm = RMSNorm(head_dim)
         self.g_proj = nn.Linear(dim, inner, bias=False)
-        self.o_proj = nn.Linear(inner, dim, bias=False)
+        self.o_proj = residual_output(nn.Linear(inner, dim, bias=False))
 
     @property
     def step(self) -> int:

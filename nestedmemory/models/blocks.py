@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..layers import Attention, LayerStates, MemoryMixer, RMSNorm, SelfModifyingTitans, left_aligned
+from ..layers.common import residual_output
 from .cms import ContinuumMemory, SwiGLU
 from .config import NestedMemoryConfig
 
@@ -29,7 +30,7 @@ class GatedCombine(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.norm_y, self.norm_m = RMSNorm(dim, eps), RMSNorm(dim, eps)
-        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = residual_output(nn.Linear(dim, dim, bias=False))
 
     def forward(self, y, m):
         return self.o_proj(self.norm_y(y) * torch.sigmoid(self.norm_m(m)))

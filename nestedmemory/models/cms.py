@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..layers import LayerStates
-from ..layers.common import logit
+from ..layers.common import logit, residual_output
 
 VARIANTS = ("sequential", "independent", "nested")
 #: a ``cms`` config's keys and defaults (the presets set ``periods`` by size).
@@ -94,7 +94,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.down_proj = residual_output(nn.Linear(hidden, dim, bias=False))
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -55,10 +55,20 @@ class NestedMemoryPreTrainedModel(PreTrainedModel):
         return False
 
     def _init_weights(self, module):
-        """Embeddings ``N(0, initializer_range)``; every other module keeps the initialisation its constructor gives
-        it (the layers set their gates, convs and initial memory states themselves)."""
+        """Llama / GPT-2-style initialisation: embeddings and every linear layer ``N(0, σ)`` with
+        ``σ = initializer_range`` (0.02), biases zero; the output projections that write into the residual stream
+        (:func:`~nestedmemory.layers.common.residual_output`) ``N(0, σ / sqrt(2 · num_layers))`` (GPT-2). Gates,
+        thresholds (:func:`~nestedmemory.layers.common.keep_init`), short convolutions, norms, persistent tokens and
+        the memories' initial states keep what their constructors give them: those inits are deliberate (a gate
+        starts at its stated value for every token, a memory neither explodes nor vanishes at step 0)."""
+        std = self.config.initializer_range
         if isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.Linear) and not getattr(module, "keep_init", False):
+            scale = (2 * self.config.num_layers) ** -0.5 if getattr(module, "residual_output", False) else 1.0
+            nn.init.normal_(module.weight, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 class NestedMemoryModel(NestedMemoryPreTrainedModel):
