@@ -139,10 +139,11 @@ def test_loss_shifts_labels_and_ignores_minus_100():
     assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
 
 
-@pytest.mark.parametrize("name, bound", [("titans-mac", 2 + 8), ("titans-mag", 4 - 1), ("moneta-h", 4 - 1)])
+@pytest.mark.parametrize("name, bound", [("titans-mac", 2 * 8), ("titans-mag", 4 - 1), ("moneta-h", 4 - 1)])
 @torch.no_grad()
 def test_decoding_cache_is_bounded(name, bound):
-    """SWA keeps ``window − 1`` keys; MAC keeps its current segment and its long-term tokens; memories stay O(1)."""
+    """SWA keeps ``window − 1`` keys; MAC keeps its current segment and its long-term tokens (one per segment token);
+    memories stay O(1)."""
     model = make(name)
     out = model(tokens(b=1, t=3), use_cache=True)
     shapes = None

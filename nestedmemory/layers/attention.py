@@ -61,20 +61,26 @@ class Attention(nn.Module):
             self.persistent_v = nn.Parameter(0.02 * torch.randn(persistent_tokens, num_kv_heads, head_dim))
         self.register_load_state_dict_pre_hook(_drop_empty_persistent_tokens)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, positions=None,
+                **kwargs):
         """``hidden_states`` ``[B, T, dim]`` → ``(out [B, T, dim], None, past_key_values)``.
 
         ``attention_mask`` ``[B, T_total]`` (1 = token, 0 = left padding): only its last ``T`` columns are read, the
         validity of cached positions is kept in the cache. The cache entry (``past_key_values[layer_idx]``) holds
         ``k``, ``v`` ``[B, L, kv_heads, head_dim]`` (RoPE applied; all positions, or the last ``window − 1``),
-        ``valid`` ``[B, L]`` (bool) and ``position`` ``[B]`` (real tokens seen so far).
+        ``valid`` ``[B, L]`` (bool) and ``position`` ``[B]`` (real tokens seen so far). ``positions`` ``[T]`` or
+        ``[B, T]``: the RoPE positions of the tokens, for a caller that lays its tokens out in another order than
+        their positions (MAC's interleaved ``[h ∥ S]``); default the count of real tokens. The causal order is the
+        order of the tokens either way.
         """
         b, t, _ = hidden_states.shape
         state = past_key_values[self.layer_idx] if past_key_values is not None else None
         valid = (torch.ones(b, t, dtype=torch.bool, device=hidden_states.device) if attention_mask is None
                  else attention_mask[:, -t:].bool())
         start = state["position"] if state is not None else torch.zeros(b, dtype=torch.long, device=valid.device)
-        positions = (start[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
+        if positions is None:
+            positions = (start[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
+        positions = positions.expand(b, t)
 
         q = apply_rope(self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim), positions, self.rope_theta)
         k = apply_rope(self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim), positions,

@@ -36,6 +36,11 @@ TNT_KEYS = frozenset({"local_chunk_sizes", "shard_sizes"})
 #: the ``memory`` keys of ``architecture="hope"``: :class:`SelfModifyingTitans` keywords.
 SELF_MODIFYING_KEYS = frozenset(inspect.signature(SelfModifyingTitans).parameters) - {
     "dim", "num_heads", "head_dim", "layer_idx", "mode"}
+#: MAC's long-term memory queries: ``segment`` the segment's own tokens (Titans Eq. 21), ``learned``
+#: ``longterm_tokens`` learned query tokens (titans-pytorch's slots; earlier versions).
+MAC_QUERIES = ("segment", "learned")
+#: the values that a config saved before these fields existed loads with: the behaviour of the code that saved it.
+EARLIER_DEFAULTS = {"mac_queries": "learned", "memory_persistent": False}
 
 
 def layer_keys(architecture: str) -> frozenset[str]:
@@ -69,7 +74,12 @@ class NestedMemoryConfig(PretrainedConfig):
 
     Attention: ``num_kv_heads`` (GQA), ``window`` (sliding window; required by ``mag``, ``mal``, ``hybrid``;
     ``None`` is global attention for ``transformer``), ``persistent_tokens`` (Titans §3.3), ``rope_theta``.
-    MAC: ``segment_size`` (tokens per segment) and ``longterm_tokens`` (long-term memory tokens per segment).
+    MAC: ``segment_size`` (tokens per segment), ``mac_queries`` (the queries of the long-term memory read
+    ``h = M*(q)``: ``"segment"`` the segment's own tokens, Titans Eq. 21; ``"learned"`` ``longterm_tokens`` learned
+    query tokens per segment, the form of earlier versions). MAG / MAL: ``memory_persistent`` (the memory reads
+    ``x̃ = [p] ∥ x``, its own ``persistent_tokens`` hidden-space tokens before the input, Titans Eq. 26-30; ``False``:
+    ``x`` alone, the form of earlier versions). A config saved without ``mac_queries`` / ``memory_persistent`` (before
+    they existed) loads with the earlier forms (:meth:`from_dict`); a new config has the paper's.
 
     ``cms``: ``None``, or the Continuum Memory System (NL §7.1, :mod:`nestedmemory.models.cms`) that replaces
     every block's SwiGLU MLP, as a dict: ``periods`` (update period ``C^{(ℓ)}`` of each level, in chain order; all
@@ -103,6 +113,8 @@ class NestedMemoryConfig(PretrainedConfig):
     rope_theta: float = 10000.0
     segment_size: int = 64
     longterm_tokens: int = 4
+    mac_queries: str = "segment"
+    memory_persistent: bool = True
     cms: dict | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -116,6 +128,12 @@ class NestedMemoryConfig(PretrainedConfig):
             _positive_int(name, getattr(self, name))
         for name in ("persistent_tokens", "longterm_tokens"):
             _positive_int(name, getattr(self, name), minimum=0)
+        if self.mac_queries not in MAC_QUERIES:
+            raise ValueError(f"NestedMemoryConfig.mac_queries must be one of {list(MAC_QUERIES)}, got "
+                             f"{self.mac_queries!r}")
+        if not isinstance(self.memory_persistent, bool):
+            raise ValueError(f"NestedMemoryConfig.memory_persistent must be True or False, got "
+                             f"{self.memory_persistent!r}")
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"NestedMemoryConfig.head_dim: hidden_size={self.hidden_size} is not divisible by "
@@ -158,6 +176,12 @@ class NestedMemoryConfig(PretrainedConfig):
             except (TypeError, ValueError) as error:
                 raise ValueError(f"NestedMemoryConfig.memory: {error}") from error
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """The config of a saved ``config_dict``; the fields it lacks because it was saved before they existed take
+        :data:`EARLIER_DEFAULTS`, so an earlier checkpoint builds the model it was trained as."""
+        return super().from_dict({**EARLIER_DEFAULTS, **config_dict}, **kwargs)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """Write ``config.json`` and, beside it, the model's code with an ``auto_map`` (:func:`.hub.save_code`), so
