@@ -14,7 +14,7 @@ from nestedmemory.cli import relative_error
 from nestedmemory.layers import MemoryMixer
 from nestedmemory.layers.attention import Attention
 from nestedmemory.layers.rope import apply_rope
-from nestedmemory.models import NestedMemoryConfig, NestedMemoryForCausalLM, from_preset, preset_config
+from nestedmemory.models import PRESETS, NestedMemoryConfig, NestedMemoryForCausalLM, from_preset, preset_config
 from nestedmemory.models.blocks import PersistentMemory
 
 T = 20
@@ -30,6 +30,9 @@ FORMS = {
     "mal-persistent-3": ("titans-mal", dict(persistent_tokens=3)),  # p not a divisor of the chunk
 }
 forms = pytest.mark.parametrize("name, overrides", FORMS.values(), ids=FORMS.keys())
+#: the presets built on MAG / MAL (Titans', Atlas'), and on MAC.
+GATE_LAYER_PRESETS = [name for name, (architecture, _) in PRESETS.items() if architecture in ("mag", "mal")]
+TITANS_BLOCK_PRESETS = [name for name, (architecture, _) in PRESETS.items() if architecture in ("mac", "mag", "mal")]
 
 
 def make(name, **overrides):
@@ -136,7 +139,7 @@ def persistent_memories(name, **overrides):
     return [m for m in make(name, **overrides).modules() if isinstance(m, PersistentMemory)]
 
 
-@pytest.mark.parametrize("name", ["titans-mag", "titans-mal", "atlas-mag", "atlas-mal"])
+@pytest.mark.parametrize("name", GATE_LAYER_PRESETS)
 @torch.no_grad()
 def test_mag_mal_memory_writes_the_persistent_tokens_first(name):
     """The memory's output is ``M([p] ∥ x)`` without the outputs at ``p``, and it changes with ``p``."""
@@ -159,7 +162,7 @@ def test_mag_mal_without_persistent_memory_read_x_alone(name):
 
 
 # ------------------------------------------------------------------ config, presets, checkpoints
-@pytest.mark.parametrize("name", ["titans-mac", "titans-mag", "titans-mal", "atlas-mag", "atlas-mal"])
+@pytest.mark.parametrize("name", TITANS_BLOCK_PRESETS)
 def test_presets_and_new_configs_take_the_paper_forms(name):
     config = preset_config(name)
     assert (config.mac_queries, config.memory_persistent) == ("segment", True)
