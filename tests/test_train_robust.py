@@ -4,6 +4,7 @@ as errors; checkpoint rotation never deletes the checkpoint just written; a live
 preset builds only parameters it uses, so every preset resumes."""
 
 import dataclasses
+import json
 
 import checks
 import math
@@ -299,3 +300,21 @@ def test_every_preset_resumes(tmp_path, name):
     train(config)
     assert train(dataclasses.replace(config, max_steps=3, resume=str(run)))["step"] == 3
     assert [r["step"] for r in records(run) if "loss" in r] == [1, 2, 3]
+
+
+def test_a_run_of_the_earlier_titans_forms_resumes_as_trained(tmp_path, monkeypatch):
+    """A MAC run saved before the paper's MAC became the default (its config.json has no ``mac_queries``) resumes
+    with the learned-query form it was trained with."""
+    from nestedmemory.models import presets
+
+    run = tmp_path / "run"
+    config = tiny(run, model=ModelConfig("titans-mac", "tiny"), data=DataConfig(seq_len=16, val_tokens=32,
+                  shuffle_buffer=4), sample=SampleConfig(max_new_tokens=1), batch_size=2, max_steps=2)
+    with monkeypatch.context() as patch:  # the earlier code: learned queries, no such config field
+        patch.setitem(presets.SIZES, "tiny", dict(presets.SIZES["tiny"], mac_queries="learned"))
+        train(config)
+    saved = checkpoints.resolve(run) / "config.json"
+    fields = json.loads(saved.read_text())
+    del fields["mac_queries"], fields["memory_persistent"]
+    saved.write_text(json.dumps(fields))
+    assert train(dataclasses.replace(config, max_steps=3, resume=str(run)))["step"] == 3

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..models import NestedMemoryConfig
+from ..models.config import EARLIER_DEFAULTS
 from .errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
@@ -103,6 +105,14 @@ def rotate(run_dir: Path, step: int, keep: int) -> None:
     older = [path for path in checkpoints(run_dir) if checkpoint_step(path) < step]
     for old in older[:max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old)
+
+
+def trained_forms(directory: Path, config: NestedMemoryConfig) -> NestedMemoryConfig:
+    """``config`` with the architecture forms (:data:`~nestedmemory.models.config.EARLIER_DEFAULTS`' fields: MAC's
+    queries, the MAG / MAL memory's persistent tokens) of the checkpoint in ``directory``: a run started before a
+    form became the default resumes as the model it was trained as."""
+    saved = NestedMemoryConfig.from_pretrained(directory)
+    return type(config).from_dict({**config.to_dict(), **{key: getattr(saved, key) for key in EARLIER_DEFAULTS}})
 
 
 def load(directory: Path) -> tuple[dict, dict]:

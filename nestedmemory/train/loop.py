@@ -65,6 +65,8 @@ class Trainer:
                             f"seq_len = {config.batch_size * config.data.seq_len} tokens")
         self.model_config = model_config(config.model, self.tokenizer.vocab_size)
         resumed = self._resumed_state()
+        if resumed:  # the architecture forms the checkpoint was trained with (earlier runs: the earlier forms)
+            self.model_config = checkpoint.trained_forms(self.source, self.model_config)
         self.run_dir = self._run_dir(resumed)
         self.lock = lock.RunLock(self.run_dir)  # taken by the main process only, in run()
 
