@@ -1,12 +1,15 @@
-"""Self-modifying Titans (NL §8.1–8.2): the chunk-parallel layer against the literal token-by-token rule, causality,
-decoding through the cache, gradients to every parameter, stability at initialisation, bad arguments."""
+"""Self-modifying Titans (NL §8.1–8.2): the chunk-parallel layer against the literal token-by-token rule (reading
+M_memory before each write, Eq. 94, or after it), causality, decoding through the cache, gradients to every
+parameter, stability at initialisation, bad arguments."""
 
 import pytest
 import torch
 
 from nestedmemory.cli import relative_error
 from nestedmemory.layers import LayerStates
-from nestedmemory.layers.self_modifying import SelfModifyingTitans
+from nestedmemory.layers.self_modifying import READS, SelfModifyingTitans
+
+reads = pytest.mark.parametrize("read", READS)
 
 
 def make(chunk=4, generator_chunk=None, dtype=torch.float64, perturb=0.3, **kwargs):
@@ -21,7 +24,8 @@ def make(chunk=4, generator_chunk=None, dtype=torch.float64, perturb=0.3, **kwar
 
 def recurrent_twin(layer, **kwargs):
     twin = SelfModifyingTitans(24, 2, chunk_size=layer.rule.chunk_size,
-                               generator_chunk_size=layer.generator_rule.chunk_size, mode="recurrent", **kwargs)
+                               generator_chunk_size=layer.generator_rule.chunk_size, read=layer.read, mode="recurrent",
+                               **kwargs)
     twin = twin.to(layer.o_proj.weight.dtype)
     twin.load_state_dict(layer.state_dict())
     return twin
@@ -33,8 +37,9 @@ def inputs(t=13, seed=1, dtype=torch.float64):
 
 @pytest.mark.parametrize("chunk,generator_chunk", [(1, 1), (4, 4), (4, 8), (8, 4), (3, 6)])
 @pytest.mark.parametrize("momentum", [None, 0.8], ids=["dgd", "dgd-momentum"])
-def test_chunked_equals_recurrent_outputs_and_gradients(chunk, generator_chunk, momentum):
-    layer = make(chunk, generator_chunk, momentum=momentum)
+@reads
+def test_chunked_equals_recurrent_outputs_and_gradients(chunk, generator_chunk, momentum, read):
+    layer = make(chunk, generator_chunk, momentum=momentum, read=read)
     twin = recurrent_twin(layer, momentum=momentum)
     x = inputs().requires_grad_()
     results = []
@@ -60,8 +65,25 @@ def test_final_states_agree():
             assert relative_error(r, w) < 1e-10
 
 
-def test_causality():
-    layer = make(4, 8)
+@reads
+def test_read_before_the_write_is_eq_94(read):
+    """``read="before"``: ``o_t = M_memory,t−1(q_t)`` (Eq. 94), so the first token reads the initial memory and no
+    write reaches its own token's output; ``"after"`` reads ``M_memory,t(q_t)``, which holds token t's write."""
+    layer, x = make(4, 8, read=read), inputs(t=9)
+    with torch.no_grad():
+        out = layer(x)[0]
+        layer.gate_bias[0].add_(1.0)  # larger steps for every write
+        changed = layer(x)[0]
+    if read == "before":
+        assert torch.equal(changed[:, 0], out[:, 0])
+    else:
+        assert not torch.allclose(changed[:, 0], out[:, 0])
+    assert not torch.allclose(changed[:, 1:], out[:, 1:])
+
+
+@reads
+def test_causality(read):
+    layer = make(4, 8, read=read)
     x = inputs(t=16)
     y = x.clone()
     y[:, 9:] += torch.randn_like(y[:, 9:])
@@ -73,8 +95,9 @@ def test_causality():
 
 @pytest.mark.parametrize("schedule,momentum", [([5, 1, 1, 6], None), ([8, 3, 2], None), ([1] * 13, None),
                                                ([5, 1, 1, 6], 0.9)])
-def test_prefill_then_decoding_equals_full_forward(schedule, momentum):
-    layer = make(4, 8, dtype=torch.float32, momentum=momentum)
+@reads
+def test_prefill_then_decoding_equals_full_forward(schedule, momentum, read):
+    layer = make(4, 8, dtype=torch.float32, momentum=momentum, read=read)
     x = inputs(t=13, dtype=torch.float32)
     with torch.no_grad():
         full = layer(x)[0]
@@ -149,7 +172,7 @@ def test_large_inputs_and_steps_keep_the_memories_bounded(momentum, lr_max):
 @pytest.mark.parametrize("kwargs,field", [
     (dict(chunk_size=0), "chunk_size"), (dict(chunk_size=4, generator_chunk_size=6), "divide"),
     (dict(mode="fast"), "mode"), (dict(lr_init=1.0, lr_max=0.5), "lr_init"), (dict(decay_init=1.5), "decay_init"),
-    (dict(momentum=1.0), "momentum")])
+    (dict(momentum=1.0), "momentum"), (dict(read="during"), "read")])
 def test_bad_arguments_name_the_problem(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SelfModifyingTitans(24, 2, **kwargs)

@@ -1,17 +1,21 @@
 """TNT's hierarchical memory (TNTMemory): the chunk-parallel layer equals a literal token-by-token reference
-(outputs, final states, gradients), causality, shard independence, decoding, Stage 2 and argument checks."""
+(outputs, final states, gradients), causality, shard independence, decoding, Stage 2, argument checks, and the
+projected query's scale over a paper-length shard (with the ``tnt`` preset finite there)."""
 
 from contextlib import contextmanager
+import math
 from types import MethodType
 
 import pytest
 from checks import assert_causal
 import torch
 
+from nestedmemory.data import shakespeare
 from nestedmemory.layers import LayerStates, TNTMemory
 from nestedmemory.layers.memory import frozen
 from nestedmemory.layers.tnt import project_queries
 from nestedmemory.memory import MemoryRule, memorize
+from nestedmemory.models import from_preset, preset_config
 
 DIM, HEADS, HEAD_DIM = 24, 2, 12
 RULES = {
@@ -44,7 +48,7 @@ def reference_mix(layer, q, k, v, x, real, cache, use_cache):
     """Eq. 5-7 / 14-15 token by token with the core's ``recurrent`` mode: the global memory is read at the state
     it had when its current chunk began, then written; each local memory is reset to its initial state and its
     projector to zero when ``t ≡ 0 (mod S_L)``, its projector takes ``k_t k_tᵀ`` and it is read with the projected
-    query after the write of ``t``."""
+    query (ℓ2-normalised unless ``qk_projection="sum"``) after the write of ``t``."""
     assert cache is None
     b, t_len, h, d = q.shape
     state = start = layer.initial_state()
@@ -65,6 +69,8 @@ def reference_mix(layer, q, k, v, x, real, cache, use_cache):
                 local_states[i], projectors[i] = memory.initial_state(), q.new_zeros(b, h, d, d)
             projectors[i] = projectors[i] + kt[:, 0].unsqueeze(-1) * kt[:, 0].unsqueeze(-2)
             projected = torch.einsum("bhij,bhj->bhi", projectors[i], qt[:, 0]).unsqueeze(1)
+            if layer.qk_projection == "normalized":
+                projected = projected / projected.norm(dim=-1, keepdim=True)
             read, local_states[i] = memorize(projected, kt, vt, memory.rule, initial_state=local_states[i],
                                              output_final_state=True, mode="recurrent", **_step(local_gates[i], t))
             out = out + read
@@ -103,11 +109,16 @@ def assert_states_close(a, b):
     assert a.offset == b.offset
 
 
-@pytest.mark.parametrize("sizes", SIZES, ids=lambda s: f"CG{s[0]}-CL{s[1]}-S{s[2]}-T{s[3]}")
-@pytest.mark.parametrize("name", RULES)
-def test_chunked_equals_token_by_token_reference(name, sizes):
+CASES = [(name, sizes, "normalized") for name in RULES for sizes in SIZES]
+CASES += [("titans", sizes, "sum") for sizes in SIZES]  # the printed, un-normalised projection
+
+
+@pytest.mark.parametrize("name, sizes, qk_projection", CASES,
+                         ids=[f"{n}-CG{s[0]}-CL{s[1]}-S{s[2]}-T{s[3]}-{p}" for n, s, p in CASES])
+def test_chunked_equals_token_by_token_reference(name, sizes, qk_projection):
     global_chunk, local_chunks, shards, length = sizes
-    layer, x = make(name, global_chunk, local_chunks, shards), inputs(length=length)
+    layer = make(name, global_chunk, local_chunks, shards, qk_projection=qk_projection)
+    x = inputs(length=length)
     out, cache, dx, grads = run(layer, x)
     with recurrent(layer):
         ref_out, ref_cache, ref_dx, ref_grads = run(layer, x)
@@ -242,8 +253,79 @@ def test_stage2_changes_only_the_local_chunk_sizes():
         layer.set_local_chunk_sizes([1])
 
 
+def test_projected_query_keeps_the_query_scale_over_a_4k_shard():
+    """Over one shard of 4,096 random unit keys (D = 64, the paper sizes' head width): the printed ``Σ k kᵀ q``
+    grows ≈ n/D with the n keys so far (≈ 64 at position 4,095); the default query ``ℓ2(Σ k kᵀ q)`` has norm 1
+    at every position and the printed direction."""
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.nn.functional.normalize(torch.randn(1, 4096, 2, 64, generator=g, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    rule = MemoryRule(**RULES["titans"], chunk_size=16)
+    layers = {p: TNTMemory(128, 2, 64, rule=rule, local_chunk_sizes=(16,), shard_sizes=4096, qk_projection=p)
+              for p in ("normalized", "sum")}
+    printed, projector = layers["sum"].project(q, k)
+    normalized, same = layers["normalized"].project(q, k)
+    torch.testing.assert_close(same, projector, rtol=0, atol=0)
+    assert 50 < printed[0, -1].norm(dim=-1).min() < 80
+    torch.testing.assert_close(normalized.norm(dim=-1), torch.ones(1, 4096, 2, dtype=torch.float64))
+    torch.testing.assert_close(normalized, torch.nn.functional.normalize(printed, dim=-1), rtol=0, atol=0)
+
+
+PAPER_LOCALS = dict(local_chunk_sizes=[16], shard_sizes=4096)  # C_L 16, S_L 4,096 (TNT §7.4's quality runs)
+
+
+def paper_locals_tnt():
+    """The ``tnt`` preset at width 256 (4 heads × 64) with the paper's local memory: one shard of 4,096 tokens, over
+    which the printed projected query grows to ≈ 64."""
+    torch.manual_seed(0)
+    return from_preset("tnt", hidden_size=256, num_heads=4, memory=dict(preset_config("tnt").memory, **PAPER_LOCALS))
+
+
+def text_with_spaces(length):
+    """Shakespeare with a run of 512 spaces from a quarter of the way in (as in tests/test_stability.py)."""
+    text = torch.tensor(list(shakespeare(4 * length).encode()[:length]))
+    text[length // 4:length // 4 + 512] = ord(" ")
+    return text[None]
+
+
+def assert_finite_logits_and_gradients(model, x):
+    out = model(input_ids=x, labels=x)
+    assert torch.isfinite(out.logits).all(), "non-finite logits"
+    out.loss.backward()
+    bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert math.isfinite(out.loss.item()) and not bad, f"non-finite gradients: {bad[:5]}"
+
+
+@pytest.mark.slow
+def test_tnt_is_finite_over_a_4k_shard_at_initialisation():
+    assert_finite_logits_and_gradients(paper_locals_tnt(), text_with_spaces(4096))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open: after training on 64-token batches the local memory (Titans MLP, plain "
+                   "GD, chunk 16, lr gate up to 0.1) diverges within a long shard — at position 208 (144 with the "
+                   "printed projection); with the gate bounded at 0.05, on the run of spaces (position 1,136): the "
+                   "chunk-frozen step along a repeated key, as Titans' (docs/decisions.md)")
+def test_tnt_is_finite_over_a_4k_shard_after_30_training_steps():
+    """30 AdamW steps (lr 3e-3, batch 2 × 64) on the embedded corpus, then T = 4,096 in one shard."""
+    model = paper_locals_tnt()
+    data, g = torch.tensor(list(shakespeare(200_000).encode())), torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(30):
+        batch = torch.stack([data[s:s + 64] for s in torch.randint(0, len(data) - 65, (2,), generator=g)])
+        optimizer.zero_grad()
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        assert math.isfinite(loss.item()), f"training diverged at step {step}"
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    model.zero_grad()
+    assert_finite_logits_and_gradients(model, text_with_spaces(4096))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(local_chunks=(3,), shards=8), "local_chunk_sizes entry 3 must divide its shard_sizes entry 8"),
+    (dict(qk_projection="unit"), "qk_projection"),
     (dict(local_chunks=(0,), shards=8), "local_chunk_sizes"),
     (dict(local_chunks=(-2,), shards=8), "local_chunk_sizes"),
     (dict(local_chunks=(), shards=8), "local_chunk_sizes"),

@@ -7,7 +7,11 @@ generates itself:
     k_t = ℓ2(M_k(x_t)),  v_t = ℓ2(M_v(x_t)),  η_t = g_η(M_η(x_t)),  α_t = g_α(M_α(x_t))  (Eq. 84)
     v̂_□,t = M_□(v_t)                     for □ ∈ {k, v, η, α, memory}                 (Eq. 85)
     M_□ ← M_□ (α'_t I − η_t k_t k_tᵀ) − η_t ∇ℓ2(M_□; k_t, v̂_□,t)   (DGD with weight decay, Eq. 86–88)
-    o_t = M_memory(q_t)
+    o_t = M_memory,t−1(q_t)                (Eq. 83 / 94: read before the write of token t, ``read="before"``)
+
+``read="after"`` reads ``M_memory,t(q_t)`` after the write of token t instead (the memory core's convention, as Titans
+and DeltaNet): a different model, not a shifted one — the output of token t then holds its own write, whose key
+``k_t`` and target ``v̂_memory,t`` are generated from x_t (docs/decisions.md).
 
 Each M_□ is a residual MLP ``x + W_1 σ(W_2 x)`` per head (Eq. 89/91) with a meta-learned initial state (NL §3.3,
 knowledge transfer by initialisation). Stability (docs/decisions.md): v is ℓ2-normalised (with ``‖v‖ > 2`` the
@@ -47,19 +51,22 @@ from .memory import chunk_steps
 
 #: the generated memories, in the order they are stacked along the head axis
 GENERATORS = ("k", "v", "lr", "decay")
+#: when M_memory is read: before the write of the token (Eq. 94) or after it (the memory core's convention)
+READS = ("before", "after")
 
 
 class SelfModifyingTitans(nn.Module):
     """Self-modifying Titans with DGD + decay. ``expansion`` is the hidden width factor of M_memory's MLP,
-    ``generator_expansion`` that of M_k, M_v, M_η, M_α. ``mode`` selects the memory core's path (tests compare
-    ``chunked`` with the literal ``recurrent`` one)."""
+    ``generator_expansion`` that of M_k, M_v, M_η, M_α. ``read``: M_memory is read before (Eq. 94) or after the
+    write of each token. ``mode`` selects the memory core's path (tests compare ``chunked`` with the literal
+    ``recurrent`` one)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, chunk_size: int = 64,
                  generator_chunk_size: int | None = None, expansion: int = 4, generator_expansion: int = 1,
                  activation: str = "gelu", conv_size: int = 4, lr_init: float | None = None,
                  lr_max: float | None = None, inner_lr_max: float | None = 0.01, decay_init: float = 1e-4,
-                 momentum: float | None = None, relaxation: float | None = None, mode: str = "chunked",
-                 layer_idx: int = 0):
+                 momentum: float | None = None, relaxation: float | None = None, read: str = "before",
+                 mode: str = "chunked", layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         generator_chunk_size = chunk_size if generator_chunk_size is None else generator_chunk_size
@@ -71,6 +78,8 @@ class SelfModifyingTitans(nn.Module):
                              "must divide the other")
         if mode not in ("chunked", "recurrent"):
             raise ValueError(f"mode must be 'chunked' or 'recurrent', got {mode!r}")
+        if read not in READS:
+            raise ValueError(f"read must be one of {list(READS)}, got {read!r}")
         if momentum is None:  # reflections: steps up to θ‖h‖² ≫ 1 with ω = 2 (docs/decisions.md)
             lr_init, lr_max = 0.5 if lr_init is None else lr_init, 1.5 if lr_max is None else lr_max
             relaxation = 2.0 if relaxation is None else relaxation
@@ -89,6 +98,7 @@ class SelfModifyingTitans(nn.Module):
         self.rule = MemoryRule(expansion=expansion, chunk_size=chunk_size, **common)
         self.generator_rule = MemoryRule(expansion=generator_expansion, chunk_size=generator_chunk_size, **common)
         self.heads, self.head_dim, self.layer_idx, self.mode, self.lr_max = num_heads, head_dim, layer_idx, mode, lr_max
+        self.read = read
         inner = num_heads * head_dim
         self.x_proj, self.q_proj = nn.Linear(dim, inner, bias=False), nn.Linear(dim, inner, bias=False)
         self.convs = nn.ModuleList(ShortConvolution(inner, conv_size) for _ in range(2))
@@ -147,7 +157,8 @@ class SelfModifyingTitans(nn.Module):
 
     def _step(self, x, q, states):
         """Tokens ``x``/``q`` ``[B, n, H, D]`` inside one chunk of both memories: generate with the chunk-start
-        states (Eq. 90), then write every memory with DGD + decay and read M_memory at ``q``."""
+        states (Eq. 90), then write every memory with DGD + decay and read M_memory at ``q`` (before or after each
+        token's write, ``read``)."""
         h, reps = self.heads, len(GENERATORS)
         gen_point, mem_point = _point(states["generators"]), _point(states["memory"])
         x_rep = x.repeat(1, 1, reps, 1)  # [B, n, 4H, D]: one copy per generator memory
@@ -165,8 +176,13 @@ class SelfModifyingTitans(nn.Module):
         _, gen_state = memorize(x_rep, k.repeat(1, 1, reps, 1), targets, self.generator_rule,
                                 lr=repeat(lr), decay=repeat(decay), momentum=repeat(momentum),
                                 initial_state=states["generators"], output_final_state=True, mode=self.mode)
+        if self.read == "before":  # M_{t−1}(q_t): the state before the step, then the core's read after t − 1
+            first = _read(self.rule, states["memory"].weights, q[:, :1])
+            q = torch.cat((q[:, 1:], q[:, -1:]), 1)  # the core reads token t's state with q_{t+1} (the last: unused)
         out, mem_state = memorize(q, k, target_memory, self.rule, lr=lr, decay=decay, momentum=momentum,
                                   initial_state=states["memory"], output_final_state=True, mode=self.mode)
+        if self.read == "before":
+            out = torch.cat((first, out[:, :-1]), 1)
         return out, {"memory": mem_state, "generators": gen_state}
 
 

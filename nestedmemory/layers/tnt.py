@@ -10,10 +10,16 @@ With ``ξ(t, C) = t − (t mod C)`` (the start of the size-``C`` chunk holding `
 - Local memories ``W^{(i)}`` (Eq. 6 / 14), chunk ``C_{L,i}``, reset to the learnable ``W_init^{(i)}`` whenever
   ``t ≡ 0 (mod S_{L,i})``: the chunkwise update of Eq. 3 with anchor ``W_{ξ(t, C_{L,i})}``. A shard never sees
   another shard's tokens, so the shards of a sequence are folded into the batch and run in parallel.
-- Retrieval (Eq. 7 / 15): ``o_t = f(V_{ξ(t, C_G)}, q_t) + Σ_i f(W_t^{(i)}, M_t^{(i)} q_t)`` with the Q-K projector
+- Retrieval (Eq. 7 / 15): ``o_t = f(V_{ξ(t, C_G)}, q_t) + Σ_i f(W_t^{(i)}, q̃_t^{(i)})`` with the Q-K projector
   ``M_t^{(i)} = Σ_{τ in t's shard, τ ≤ t} k_τ k_τᵀ / ‖k_τ‖²`` (App. C: a running sum reset at every shard boundary;
-  keys are ℓ2-normalised, so the denominator is 1). The global memory is read *before* the writes of the chunk
-  holding ``t`` (its chunk-start state), each local memory after the write of ``t`` (``o_t = f(W_t, ·)``, Eq. 4).
+  keys are ℓ2-normalised, so the denominator is 1) and the projected query ``q̃_t = ℓ2(M_t q_t)`` (default,
+  ``qk_projection="normalized"``) or ``M_t q_t`` as printed (``"sum"``). ``M_t`` is the projector onto the keys'
+  span only while the keys are orthonormal; past ``D`` keys the sum counts the span ≈ ``n/D`` times over, so the
+  printed query grows with the position in the shard (‖M_t q_t‖ ≈ 31 at position 2,047 for D = 64) while the keys
+  the memory was written with have norm 1 — ℓ2-normalising keeps the direction and reads at the keys' scale, the
+  domain match the projection exists for (TNT's compression / retrieval mismatch, SPEC §7.1; docs/decisions.md).
+  The global memory is read *before* the writes of the chunk holding ``t`` (its chunk-start state), each local
+  memory after the write of ``t`` (``o_t = f(W_t, ·)``, Eq. 4).
 
 Stage 2 (TNT §3.3) fine-tunes with smaller local chunks: :meth:`TNTMemory.set_local_chunk_sizes`.
 """
@@ -32,6 +38,8 @@ from .memory import MemoryMixer, RuleParameters, frozen
 
 #: token block of the chunk-parallel Q-K projector (any size gives the same result).
 PROJECTOR_BLOCK = 64
+#: the local memories' query: ``ℓ2(M_t q_t)`` or the printed ``M_t q_t`` (Eq. 7 / 15).
+QK_PROJECTIONS = ("normalized", "sum")
 
 
 def check_local_sizes(local_chunk_sizes, shard_sizes) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -104,15 +112,21 @@ class TNTMemory(MemoryMixer):
     :class:`LocalMemory` per entry of ``local_chunk_sizes`` (``C_{L,i}``), each with the same rule at its own chunk
     size, shard length ``shard_sizes[i]`` (``S_{L,i}``; one int for all), gates and initial state. Every memory's
     gates are built from the same keywords (``lr_init`` defaults per memory to ``min(0.05, 0.4 / C)``).
+    ``qk_projection``: the local memories read ``ℓ2(M_t q_t)`` (``"normalized"``) or the printed ``M_t q_t``
+    (``"sum"``, whose norm grows ≈ ``n/D`` with the ``n`` keys of the shard so far).
 
     Cache entry: ``memory`` (global state), ``start`` (global state at its chunk start, which the reads use),
     ``locals`` (per local memory ``{"memory", "projector"}``, ``None`` at a shard boundary), ``position`` (tokens
     seen) and ``conv``."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
-                 local_chunk_sizes: Sequence[int] = (8,), shard_sizes: int | Sequence[int] = 2048, **kwargs):
+                 local_chunk_sizes: Sequence[int] = (8,), shard_sizes: int | Sequence[int] = 2048,
+                 qk_projection: str = "normalized", **kwargs):
         chunks, shards = check_local_sizes(local_chunk_sizes, shard_sizes)
+        if qk_projection not in QK_PROJECTIONS:
+            raise ValueError(f"qk_projection must be one of {list(QK_PROJECTIONS)}, got {qk_projection!r}")
         super().__init__(dim, num_heads, head_dim, rule=rule, **kwargs)
+        self.qk_projection = qk_projection
         self.local_memories = nn.ModuleList(
             LocalMemory(dim, self.heads, self.head_dim, replace(rule, chunk_size=c), s, self.gate_config)
             for c, s in zip(chunks, shards))
@@ -173,8 +187,14 @@ class TNTMemory(MemoryMixer):
             a = b
         return torch.cat(reads, 1), {"memory": state, "start": start}
 
+    def project(self, q, k, carry=None):
+        """The local memories' queries ``q̃_t`` (``ℓ2(M_t q_t)`` or ``M_t q_t``, see ``qk_projection``) and ``M_T``
+        over one stretch of a shard (:func:`project_queries`)."""
+        q_proj, projector = project_queries(q, k, carry)
+        return (F.normalize(q_proj, dim=-1) if self.qk_projection == "normalized" else q_proj), projector
+
     def local_read(self, i, q, k, v, x, real, entry, position, use_cache):
-        """``f(W_t^{(i)}, M_t^{(i)} q_t)`` (Eq. 6 / 14 / 15) for tokens ``position …``: the rest of the current
+        """``f(W_t^{(i)}, q̃_t^{(i)})`` (Eq. 6 / 14 / 15) for tokens ``position …``: the rest of the current
         shard continues from ``entry``; the following whole shards start from ``W_init^{(i)}`` and a zero projector,
         folded into the batch; a last partial shard likewise. Returns the reads and the new entry (``None`` at a
         shard boundary)."""
@@ -193,7 +213,7 @@ class TNTMemory(MemoryMixer):
             def fold(z, lo=lo, length=length, shards=shards):  # [B, shards·length, …] → [B·shards, length, …]
                 return z[:, lo:lo + shards * length].reshape(b * shards, length, *z.shape[2:])
 
-            q_proj, projector = project_queries(fold(q), fold(k), None if carry is None else carry["projector"])
+            q_proj, projector = self.project(fold(q), fold(k), None if carry is None else carry["projector"])
             state = memory.initial_state() if carry is None else carry["memory"]
             read, final = memorize(q_proj, fold(k), fold(v), memory.rule, initial_state=state,
                                    output_final_state=use_cache, **_tokens(gates, fold))

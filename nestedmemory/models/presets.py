@@ -1,12 +1,14 @@
 """Named models and sizes: ``from_preset("titans-mag", size="340m")``.
 
 Rules (README table; SPEC §3-5): Titans = MLP (depth 2, expansion 4) + ℓ2 + decay + momentum (Titans Eq. 13-14);
-Moneta / Yaad / Memora = MLP with LayerNorm (Miras §5.3) + ℓ3 + L4 / Huber + decay / ℓ2 + KL, GD; OmegaNet, Atlas,
-Atlas++ = MLP (Atlas++ gated, Eq. 43) on degree-2 polynomial features + ℓ2 + decay + Omega window 4, GD (OmegaNet,
-Eq. 10) or Muon (Atlas, Eq. 32-33); DLA = MLP + dot + decay (Eq. 19); DeepTransformer / SWDT / Dot = the exact
-``exp`` feature map (Eq. 25-31) with dot + GD / dot + Omega window 4 / dot + delta GD; TTT-Linear / TTT-MLP = ℓ2
-GD at mini-batch 16; the baselines as matrix memories: linear attention (dot, GD), DeltaNet (dot, delta GD),
-Gated DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD). Hope = self-modifying Titans → CMS and
+Moneta / Yaad / Memora = MLP with LayerNorm (Miras §5.3) + ℓ3 + L4 / Huber + decay / ℓ2 + KL, GD; OmegaNet = MLP on
+degree-2 polynomial features + ℓ2 + decay + Omega window 4, GD (Eq. 10); Atlas = the same memory with Muon
+(Eq. 32-33) and the LayerNorm of Atlas App. E, as the rows of Atlas Table 2: ``atlas`` and ``atlas++`` (gated MLP,
+Eq. 43) are recurrent (memory layers only), ``atlas-mag`` / ``atlas-mal`` the hybrids with sliding-window attention
+(Atlas §5.1, Titans Fig. 3); DLA = MLP + dot + decay (Eq. 19); DeepTransformer / SWDT / Dot = the exact ``exp``
+feature map (Eq. 25-31) with dot + GD / dot + Omega window 4 / dot + delta GD; TTT-Linear / TTT-MLP = ℓ2 GD at
+mini-batch 16; the baselines as matrix memories: linear attention (dot, GD), DeltaNet (dot, delta GD), Gated
+DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD). Hope = self-modifying Titans → CMS and
 Hope-Attention = attention → CMS (NL §8.3); TNT = a global memory (chunk 2K) + a local memory (chunk 16, reset every
 2K tokens) with Q-K projection, Titans' MLP with plain GD as in TNT's experiments (TNT §7.2-7.4).
 
@@ -27,7 +29,7 @@ MLP = dict(memory="mlp", depth=2, expansion=4)
 MIRAS_MLP = dict(MLP, layernorm=True)
 TITANS = dict(MLP, objective="l2", retention="decay", learner="momentum")
 POLY = dict(feature_map="poly", degree=2, objective="l2", retention="decay", window=4)
-ATLAS = dict(MLP, **POLY, learner="muon")
+ATLAS = dict(MIRAS_MLP, **POLY, learner="muon")  # the memory's LayerNorm: Atlas App. E (docs/decisions.md)
 EXP = dict(memory="linear", feature_map="exp", objective="dot", retention="none")
 MATRIX = dict(memory="linear", objective="dot")
 
@@ -42,9 +44,10 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "yaad": ("lmm", dict(MIRAS_MLP, objective="huber", retention="decay", learner="gd")),
     "memora": ("lmm", dict(MIRAS_MLP, objective="l2", retention="kl", learner="gd")),
     "omeganet": ("lmm", dict(MLP, **POLY, learner="omega")),
-    "atlas": ("mag", ATLAS),
+    "atlas": ("lmm", ATLAS),  # Atlas Table 2's rows: Atlas, Atlas++ (gated MLP, Eq. 43), Atlas (MAG), Atlas (MAL)
+    "atlas++": ("lmm", dict(ATLAS, gated=True)),
+    "atlas-mag": ("mag", ATLAS),
     "atlas-mal": ("mal", ATLAS),
-    "atlas++": ("mag", dict(ATLAS, gated=True)),
     "dla": ("lmm", dict(MLP, objective="dot", retention="decay", learner="gd", lr_init=0.01)),  # see decisions
     "deeptransformer": ("lmm", dict(EXP, learner="gd")),
     "dot": ("lmm", dict(EXP, learner="dgd")),
