@@ -32,7 +32,7 @@ RULE_KEYS = frozenset(f.name for f in dataclasses.fields(MemoryRule))
 LAYER_KEYS = frozenset(inspect.signature(MemoryMixer).parameters) - {"dim", "num_heads", "head_dim", "rule",
                                                                        "layer_idx"}
 #: the extra layer options of ``architecture="tnt"`` (the local memories).
-TNT_KEYS = frozenset({"local_chunk_sizes", "shard_sizes"})
+TNT_KEYS = frozenset({"local_chunk_sizes", "shard_sizes", "qk_projection"})
 #: the ``memory`` keys of ``architecture="hope"``: :class:`SelfModifyingTitans` keywords.
 SELF_MODIFYING_KEYS = frozenset(inspect.signature(SelfModifyingTitans).parameters) - {
     "dim", "num_heads", "head_dim", "layer_idx", "mode"}
