@@ -302,10 +302,6 @@ def test_tnt_is_finite_over_a_4k_shard_at_initialisation():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: after training on 64-token batches the local memory (Titans MLP, plain "
-                   "GD, chunk 16, lr gate up to 0.1) diverges within a long shard — at position 208 (144 with the "
-                   "printed projection); with the gate bounded at 0.05, on the run of spaces (position 1,136): the "
-                   "chunk-frozen step along a repeated key, as Titans' (docs/decisions.md)")
 def test_tnt_is_finite_over_a_4k_shard_after_30_training_steps():
     """30 AdamW steps (lr 3e-3, batch 2 × 64) on the embedded corpus, then T = 4,096 in one shard."""
     model = paper_locals_tnt()

@@ -142,14 +142,15 @@ class MemoryMixer(RuleParameters):
     ``False`` is the plain Titans step of earlier versions): with these the memory keeps
     its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
     rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
-    (Titans: SiLU on q, k and v)."""
+    (Titans: SiLU on q, k and v). ``value_norm``: ℓ2-normalise the values per head too (default: for MLP
+    memories, where the target's scale sets the inner loop's curvature; matrix memories keep raw values)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
                  conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,
                  gate_rank: int = 32, lr_init: float | None = None, lr_max: float | None = None,
                  decay_init: float = 0.001,
                  momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
-                 ema_momentum: bool = True, layer_idx: int = 0):
+                 ema_momentum: bool = True, value_norm: bool | None = None, layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         if activation not in (None, "silu"):
@@ -164,6 +165,10 @@ class MemoryMixer(RuleParameters):
                                    momentum_init=momentum_init, threshold_init=threshold_init, shift_init=shift_init,
                                    ema_momentum=ema_momentum)
         self.norm = RMSNorm(head_dim)
+        #: unit-norm targets for deep memories: with raw values the outer loop grew ‖v‖ (0.5 → 3.6) with the lr gate,
+        #: the MLP memory's weights and curvature with them, and its chunk-frozen inner loop diverged (docs/tnt.md);
+        #: the read is RMS-normalised after the memory, so the values' scale carries nothing else.
+        self.value_norm = rule.memory == "mlp" if value_norm is None else value_norm
         self.g_proj = nn.Linear(dim, inner, bias=False)
         self.o_proj = residual_output(nn.Linear(inner, dim, bias=False))
 
@@ -183,6 +188,7 @@ class MemoryMixer(RuleParameters):
             new_convs.append(state)
         q, k, v = qkv
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        v = F.normalize(v, dim=-1) if self.value_norm else v
         out, entry = self.mix(q, k, v, hidden_states, real, cache, use_cache)
         if use_cache:
             past_key_values = LayerStates() if past_key_values is None else past_key_values
