@@ -35,3 +35,24 @@ def tiny_run(out, **changes) -> TrainConfig:
                          sample=SampleConfig(max_new_tokens=4), out=out and str(out), max_steps=6, batch_size=4,
                          log_every=1, eval_every=0, save_every=3, keep_checkpoints=3, progress=False)
     return dataclasses.replace(config, **changes)
+
+
+def mqar_accuracy_after_training(preset: str, steps: int = 400) -> float:
+    """Query accuracy of a tiny ``preset`` trained ``steps`` AdamW steps (lr 1e-3, batch 64) on 4-pair MQAR
+    (vocabulary 64, 64 tokens; a fresh batch per step), on 256 held-out examples."""
+    from nestedmemory.models import from_preset
+    from nestedmemory.tasks import mqar
+
+    torch.manual_seed(0)
+    model = from_preset(preset, vocab_size=64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    task = dict(vocab_size=64, seq_len=64, num_kv_pairs=4)
+    for step in range(steps):
+        data = mqar.generate(64, seed=step, **task)
+        loss = model(input_ids=torch.as_tensor(data["input_ids"]), labels=torch.as_tensor(data["labels"])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return mqar.evaluate(model, n=256, seed=10 ** 6, batch_size=128, **task)["accuracy"]
