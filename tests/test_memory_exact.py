@@ -21,11 +21,11 @@ def with_chunk(rule, chunk_size):
 
 
 def random_state(rule, dtype, seed=0):
-    """A nonzero initial state (Memora's on the simplex) that requires grad, with nonzero momentum."""
+    """A nonzero initial state (Memora's: logits) that requires grad, with nonzero momentum."""
     g = torch.Generator().manual_seed(seed)
     state = rule.init_state(B, H, D, dtype=dtype, generator=g)
     if rule.retention == "kl":
-        state.weights = [torch.softmax(torch.randn(w.shape, dtype=dtype, generator=g), -1) for w in state.weights]
+        state.weights = [torch.randn(w.shape, dtype=dtype, generator=g) for w in state.weights]
     else:
         state.weights = [w + 0.3 * torch.randn(w.shape, dtype=dtype, generator=g) for w in state.weights]
     if state.momentum is not None:
@@ -190,8 +190,7 @@ def test_gradcheck(rule):
     q, k, v, gates = random_inputs(rule, 1, 5, 1, 2, generator=g, requires_grad=True)
     state = rule.init_state(1, 1, 2, dtype=torch.float64, generator=g)
     if rule.retention == "kl":
-        state.weights = [torch.softmax(torch.randn(w.shape, dtype=torch.float64, generator=g), -1)
-                         for w in state.weights]
+        state.weights = [torch.randn(w.shape, dtype=torch.float64, generator=g) for w in state.weights]
     else:
         state.weights = [w + 0.3 * torch.randn(w.shape, dtype=torch.float64, generator=g) for w in state.weights]
     w0 = state.weights[0].requires_grad_()

@@ -48,9 +48,13 @@ def probe(state):
 
 
 # ------------------------------------------------------------------------------------------ exactness
-def run_both(rule, length, seed=0):
+def run_both(rule, length, seed=0, scale=False):
+    """Outputs, final memories and the gradients of both paths; ``scale``: a per-head kernel scale ``s`` (with its
+    gradient)."""
     g = torch.Generator().manual_seed(seed)
     q, k, v, gates = random_inputs(rule, B, length, H, D, generator=g, requires_grad=True)
+    if scale:
+        gates["feature_scale"] = (0.5 + 2 * torch.rand(H, dtype=DT, generator=g)).requires_grad_()
     state = kernel_state(seed=seed, batch=False)
     leaves = [q, k, v, *gates.values(), *state.weights]
     results = {}
@@ -73,11 +77,22 @@ def test_chunked_matches_recurrent(rule, chunk_size, length):
         assert relative_error(ref, fast) < 1e-9, f"tensor #{i} differs"
 
 
+@pytest.mark.parametrize("rule", [r for r in RULES if r.retention == "decay"], ids=rid)
+def test_chunked_matches_recurrent_with_a_kernel_scale(rule):
+    """``feature_scale`` ``s`` per head: the kernel ``exp(s q·k)`` in reads and writes, both paths, its gradient too."""
+    results = run_both(with_chunk(rule, 3), 11, scale=True)
+    for i, (ref, fast) in enumerate(zip(results["recurrent"], results["chunked"])):
+        assert ref.abs().max() > 0, f"tensor #{i} is zero"
+        assert relative_error(ref, fast) < 1e-9, f"tensor #{i} differs"
+
+
 # ------------------------------------------------------------------------------------------ special cases
 @pytest.mark.parametrize("mode,chunk_size", [("recurrent", 4), ("chunked", 1), ("chunked", 4), ("chunked", 16)])
 @pytest.mark.parametrize("retention", ["none", "decay"])
-def test_deep_transformer_is_unnormalised_causal_softmax_attention(mode, chunk_size, retention):
-    """Dot objective, gd, lr 1, empty state: ``o_t = Σ_{i≤t} (Π_{i<l≤t} a_l) exp(q_t·k_i) v_i`` (Atlas Eq. 25-26)."""
+@pytest.mark.parametrize("scale", [None, (0.5, 4.0)])
+def test_deep_transformer_is_unnormalised_causal_softmax_attention(mode, chunk_size, retention, scale):
+    """Dot objective, gd, lr 1, empty state: ``o_t = Σ_{i≤t} (Π_{i<l≤t} a_l) exp(s q_t·k_i) v_i`` (Atlas Eq. 25-26;
+    ``s`` per head, ``memorize``'s ``feature_scale``, default 1)."""
     t = 11
     q, k, v = unit(B, t, H, D, seed=1), unit(B, t, H, D, seed=2), unit(B, t, H, D, seed=3)
     rule = MemoryRule(feature_map="exp", objective="dot", retention=retention, learner="gd", chunk_size=chunk_size)
@@ -86,10 +101,12 @@ def test_deep_transformer_is_unnormalised_causal_softmax_attention(mode, chunk_s
     if retention == "decay":
         decay = 0.3 * torch.rand(B, t, H, dtype=DT, generator=torch.Generator().manual_seed(4))
         log_a = torch.log1p(-decay)
-    out, _ = memorize(q, k, v, rule, lr=1.0, decay=decay, mode=mode)
+    s = None if scale is None else torch.tensor(scale, dtype=DT)
+    out, _ = memorize(q, k, v, rule, lr=1.0, decay=decay, feature_scale=s, mode=mode)
     cum = log_a.cumsum(1)
     gate = torch.exp(cum.unsqueeze(2) - cum.unsqueeze(1)).permute(0, 3, 1, 2)   # [B, H, t, i]
-    scores = torch.exp(torch.einsum("bthd,bshd->bhts", q, k)) * gate
+    logits = torch.einsum("bthd,bshd->bhts", q, k) * (1.0 if s is None else s.view(1, H, 1, 1))
+    scores = torch.exp(logits) * gate
     reference = torch.einsum("bhts,bshd->bthd", scores.tril(), v)
     assert relative_error(reference, out) < 1e-12
 
@@ -183,6 +200,10 @@ def call(**changes):
     (lambda: MemoryRule(feature_map="exp", retention="kl"), "feature_map"),
     (lambda: EXP.weight_shapes(D), "kernel memory"),
     (lambda: call(feature_coeffs=torch.ones(3, dtype=DT)), "feature_coeffs"),
+    (lambda: call(feature_scale=torch.ones(H + 1, dtype=DT)), "feature_scale must be a float or a tensor"),
+    (lambda: call(feature_scale=0.0), "feature_scale must be > 0"),
+    (lambda: memorize(*random_inputs(MemoryRule(), B, 6, H, D)[:3], MemoryRule(), lr=0.1, feature_scale=2.0),
+     "feature_scale was given"),
     (lambda: call(lr=torch.rand(B, 6, H, D, dtype=DT)), "channel-wise lr"),
     (lambda: call(initial_state=MemoryState(weights=[torch.zeros(B, H, D, D, dtype=DT)])), "initial_state.weights"),
     (lambda: call(initial_state=MemoryState(weights=[torch.zeros(B, H, 3, D, dtype=DT),

@@ -5,6 +5,7 @@ from torch.func import grad
 
 from nestedmemory.cli import relative_error
 from nestedmemory.memory import MemoryRule, memorize
+from nestedmemory.memory.maps import memory_of
 from nestedmemory.memory.nets import activation
 
 B, T, H, D = 2, 9, 2, 4
@@ -111,16 +112,38 @@ def test_moneta_with_p_2_q_2_is_decayed_l2_gd():
 
 
 def test_memora_with_no_decay_and_no_lr_is_the_identity():
+    """Memora's state is logits ``Z`` (memory ``c · softmax(Z)``); with α = θ = 0 it reads like the fixed memory."""
     rule = MemoryRule(memory="mlp", retention="kl", learner="gd", chunk_size=4)
     g = torch.Generator().manual_seed(0)
-    w = [torch.softmax(torch.randn(B, H, i, o, dtype=DT, generator=g), -1) for i, o in rule.weight_shapes(D)]
-    out, state = memorize(q, k, v, rule, lr=0.0, decay=0.0, initial_state=rule_state(rule, *w),
+    z = [torch.randn(B, H, i, o, dtype=DT, generator=g) for i, o in rule.weight_shapes(D)]
+    w = memory_of(rule, z)
+    assert all(relative_error(x.sum(-1), torch.full_like(x[..., 0], x.shape[-1])) < 1e-12 for x in w)  # c = n
+    out, state = memorize(q, k, v, rule, lr=0.0, decay=0.0, initial_state=rule_state(rule, *z),
                           output_final_state=True)
     fixed, _ = memorize(q, k, v, MemoryRule(memory="mlp", retention="none", chunk_size=4), lr=0.0,
                         initial_state=rule_state(rule, *w))
     assert relative_error(fixed, out) < 1e-12
-    for before, after in zip(w, state.weights):
+    for before, after in zip(w, state.weights):  # T = 9 ends one token into a chunk: the memory as read
         assert relative_error(before, after) < 1e-12
+
+
+@torch.no_grad()
+def test_memora_gradients_stay_finite_when_its_rows_saturate():
+    """A key repeated with a value out of the memory's reach pushes the same logits every chunk until the
+    row-stochastic memory's entries underflow to 0 (fp32: after a logit gap of ~104). Its retention acts on
+    ``log W``: the state is kept as logits, so no ``log 0`` (whose backward is 0 · inf) is ever taken."""
+    rule = MemoryRule(memory="linear", retention="kl", learner="gd", chunk_size=2)
+    key = torch.nn.functional.normalize(torch.ones(1, 256, 1, 4), dim=-1).requires_grad_()
+    value = torch.zeros(1, 256, 1, 4)
+    value[..., 0] = 10.0
+    value.requires_grad_()
+    lr = torch.full((1, 256, 1), 1.0, requires_grad=True)
+    with torch.enable_grad():
+        out, state = memorize(key, key, value, rule, lr=lr, decay=0.0, output_final_state=True)
+        memory = memory_of(rule, state.weights)
+        assert (memory[0] == 0).any(), "the memory's rows did not saturate"
+        grads = torch.autograd.grad(out.sum(), (key, value, lr))
+    assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in grads)
 
 
 def ttt_reference(f, w0, lr, chunk):

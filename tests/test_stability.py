@@ -64,15 +64,8 @@ def test_finite_at_1k_tokens_width_256_at_initialisation(name):
     assert_finite_logits_and_gradients(from_preset(name, **WIDE), 1024)
 
 
-#: known defects, open (issue 12): found by this test, not fixed yet.
-OPEN = {"omeganet": "training diverges within 100 steps (lr 3e-3): poly features + Omega window, chunk-frozen steps",
-        "memora": "non-finite gradients through the KL (softmax) retention on a run of one repeated token"}
-AFTER_TRAINING = [pytest.param(name, marks=pytest.mark.xfail(reason=OPEN[name], strict=True)) if name in OPEN
-                  else name for name in PRESETS]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", AFTER_TRAINING)
+@pytest.mark.parametrize("name", PRESETS)
 def test_finite_at_2k_tokens_after_100_training_steps(name):
     assert_finite_logits_and_gradients(trained(name), 2048)
 

@@ -2,7 +2,8 @@
 
 ``x → q, k, v`` (linear, depthwise causal conv of size 4, SiLU, ℓ2-normalised q and k) ``→ memorize`` (the rule:
 memory, objective, retention, learner) ``→`` per-head RMSNorm ``⊙ SiLU(W_g x) → W_o``, with token-wise bounded gates
-(lr θ_t, decay α_t, momentum η_t, Yaad's threshold δ_t, the robust shift Δ_t, Omega window gates γ_t) and a
+(lr θ_t, decay α_t, momentum η_t, Yaad's threshold δ_t, the robust shift Δ_t, Omega window gates γ_t), per-head
+feature parameters (``poly``'s coefficients ``a_i``, the ``exp`` kernel's inverse temperature ``s``) and a
 learnable initial memory state (meta-learned "knowledge transfer via initialisation", NL §3.3).
 """
 
@@ -55,6 +56,46 @@ def chunk_steps(chunk_size: int, lr_init: float | None, lr_max: float | None,
     return lr_init, bound * lr_init if lr_max is None else lr_max
 
 
+def inverse_softplus(y: float) -> float:
+    """``x`` with ``softplus(x) = y``."""
+    return math.log(math.expm1(y))
+
+
+def window_gates(dim: int, num_heads: int, rule: MemoryRule) -> Gate:
+    """The Omega window's gates ``γ_{t,r}`` (Atlas Eq. 9), per (head, offset), in ``(0, 1/c)`` and initialised at
+    ``1/(2c)``: the surprise ``u_t = Σ_r γ_{t,r} ∇ℓ(k_{t−r})`` is then a weighted mean of the window's ``c`` gradients,
+    so a token moves the memory at most as far as one gradient does, and the step bound of :func:`chunk_steps`
+    holds for every window. With gates in ``(0, 1)`` a token's step reached ``c θ``: OmegaNet's per-token step
+    ``θ_t Σ_r γ_{t,r}`` (0.1 at initialisation) grew to 0.35 in training and its chunk-frozen inner loop diverged
+    (docs/decisions.md). The factor ``1/c`` is absorbed by ``θ``. Muon's step has the size ``θ_t`` whatever the
+    surprise's (Newton–Schulz normalises the momentum), so its gates keep ``(0, 1)``, initialised at 1/2."""
+    scale = 1.0 if rule.learner == "muon" else 1.0 / rule.window
+    return Gate(dim, num_heads * rule.window, init=0.5 * scale, scale=scale)
+
+
+def exp_kernel_step(rule: MemoryRule, scale, lr):
+    """The ``exp`` kernel's inverse temperature and step: ``(s, θ_t)`` with ``s`` ``[H]`` from the layer and the
+    lr gate ``θ̃_t``. Queries and keys are unit vectors, so without ``s`` the kernel ``exp(q·k)`` lies in
+    ``[e⁻¹, e]`` and an exactly matching key among 64 random ones gets 4% of the read: DeepTransformers / SWDT /
+    Dot could not recall. ``s`` (``memorize``'s ``feature_scale``: ``exp(s q·k)``, reads and writes alike) is
+    learned per head from ``sqrt(head_dim)``, the logit a matching key gets in softmax attention with unit-variance
+    entries (``q·k/√d = √d``). Where the write reads the memory at its key (``dgd``, or a bias other than ``dot``),
+    its curvature along ``φ*(√s k)`` is ``‖φ*(√s k)‖² = exp(s ‖k‖²) = e^s``, so the step is normalised by it,
+    ``θ_t = θ̃_t e^{−s}`` (normalised LMS; DeltaNet's unit keys in feature space): the delta rule's eigenvalue along
+    a key is ``1 − θ̃_t`` for every ``s`` (unnormalised, ``θ̃ e^s`` reached 2.7 at ``s = 4`` and a repeated key
+    diverged). The ``dot`` bias with GD does not read the memory when it writes: its ``θ`` stays."""
+    if rule.is_dgd or rule.objective != "dot":
+        lr = lr * torch.exp(-scale)  # per-head gates: the exp memory has no channel-wise ones
+    return scale, lr
+
+
+def _unit_exp_scale(layer, state_dict: dict, prefix: str, *args) -> None:
+    """State dicts written before the ``exp`` kernel had a scale load with ``s = 1``: the kernel ``exp(q·k)`` they
+    were trained with."""
+    if prefix + "exp_scale" not in state_dict:
+        state_dict[prefix + "exp_scale"] = torch.full_like(layer.exp_scale, inverse_softplus(1.0))
+
+
 class RuleParameters(nn.Module):
     """The outer-loop parameters of one multi-head memory running ``rule``: its token-wise gates and learnable
     initial state (documented in :class:`MemoryMixer`). :meth:`build_rule_parameters` creates them, so a subclass
@@ -63,13 +104,13 @@ class RuleParameters(nn.Module):
     def build_rule_parameters(self, dim: int, num_heads: int, head_dim: int, rule: MemoryRule, *,
                               channel_gates: bool, gate_rank: int, lr_init: float | None, lr_max: float | None,
                               decay_init: float, momentum_init: float, threshold_init: float, shift_init: float,
-                              ema_momentum: bool):
+                              ema_momentum: bool, exp_scale_init: float | None):
         """``gate_config`` keeps the arguments (``lr_init``/``lr_max`` as given, before their chunk-size-dependent
         defaults) to build further memories alike."""
         self.rule, self.heads, self.head_dim = rule, num_heads, head_dim
         self.gate_config = dict(channel_gates=channel_gates, gate_rank=gate_rank, lr_init=lr_init, lr_max=lr_max,
                                 decay_init=decay_init, momentum_init=momentum_init, threshold_init=threshold_init,
-                                shift_init=shift_init, ema_momentum=ema_momentum)
+                                shift_init=shift_init, ema_momentum=ema_momentum, exp_scale_init=exp_scale_init)
         self.ema_momentum = ema_momentum and rule.learner == "momentum"
         channels = head_dim if channel_gates else None
         lr_init, lr_max = chunk_steps(rule.chunk_size, lr_init, lr_max, ema=self.ema_momentum)
@@ -83,17 +124,22 @@ class RuleParameters(nn.Module):
         for lin, value in ((self.threshold, threshold_init), (self.shift, shift_init)):
             if lin is not None:  # softplus(b) = value at initialisation
                 nn.init.zeros_(lin.weight)
-                nn.init.constant_(lin.bias, math.log(math.expm1(value)))
+                nn.init.constant_(lin.bias, inverse_softplus(value))
                 keep_init(lin)
-        self.window = Gate(dim, num_heads * rule.window, init=0.5) if rule.window > 1 else None
+        self.window = window_gates(dim, num_heads, rule) if rule.window > 1 else None
         if rule.feature_map == "poly":  # a_i = softplus(ρ_i), initialised at 1/i! (Atlas Eq. 5)
             a = default_poly_coeffs(rule.degree)
             self.poly = nn.Parameter(torch.log(torch.expm1(a)).expand(num_heads, -1).clone())
+        if rule.feature_map == "exp":  # s = softplus(σ) per head (:func:`exp_kernel_step`)
+            s = math.sqrt(head_dim) if exp_scale_init is None else exp_scale_init
+            self.exp_scale = nn.Parameter(torch.full((num_heads,), inverse_softplus(s)))
+            self.register_load_state_dict_pre_hook(_unit_exp_scale)
         self.initial = nn.ParameterList(self._initial_state())
 
     def _initial_state(self):
-        """Learnable ``M_0`` per head: the rule's default (MLP ``N(0, 1/in)``, matrix 0). Memora keeps logits, drawn
-        ``N(0, 1)``: uniform rows would make every hidden unit of an MLP memory identical forever."""
+        """Learnable ``M_0`` per head: the rule's default (MLP ``N(0, 1/in)``, matrix 0). Memora's state is logits
+        (``memory.maps.memory_of``), drawn ``N(0, 1)``: uniform rows would make every hidden unit of an MLP memory
+        identical forever."""
         if self.rule.feature_map == "exp":
             return []
         state = self.rule.init_state(1, self.heads, self.head_dim, generator=torch.Generator().manual_seed(0))
@@ -106,8 +152,7 @@ class RuleParameters(nn.Module):
         if self.rule.feature_map == "exp":
             ref = next(self.lr.parameters())
             return self.rule.init_state(1, self.heads, self.head_dim, dtype=ref.dtype, device=ref.device)
-        weights = [torch.softmax(p, -1) if self.rule.retention == "kl" else p for p in self.initial]
-        return MemoryState(weights=list(weights))
+        return MemoryState(weights=list(self.initial))
 
     def gates(self, x, real):
         """Token-wise gates; padding tokens (``real`` = 0) write nothing and forget nothing. With
@@ -128,6 +173,8 @@ class RuleParameters(nn.Module):
             out["window_gates"] = self.window(x).unflatten(-1, (self.heads, self.rule.window))
         if self.rule.feature_map == "poly":
             out["feature_coeffs"] = F.softplus(self.poly)
+        if self.rule.feature_map == "exp":
+            out["feature_scale"], out["lr"] = exp_kernel_step(self.rule, F.softplus(self.exp_scale), out["lr"])
         return out
 
 
@@ -143,14 +190,19 @@ class MemoryMixer(RuleParameters):
     its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
     rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
     (Titans: SiLU on q, k and v). ``value_norm``: ℓ2-normalise the values per head too (default: for MLP
-    memories, where the target's scale sets the inner loop's curvature; matrix memories keep raw values)."""
+    memories, where the target's scale sets the inner loop's curvature; matrix memories keep raw values). Omega
+    window gates lie in ``(0, 1/c)``, Muon's in ``(0, 1)`` (:func:`window_gates`). The ``exp`` kernel memory learns
+    an inverse temperature per head, ``exp(s q·k)``, from ``exp_scale_init`` (default ``sqrt(head_dim)``; ``1``
+    starts from the unscaled kernel of earlier versions, which is what a state dict without it loads with), and
+    normalises a delta step by ``e^s`` (:func:`exp_kernel_step`)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
                  conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,
                  gate_rank: int = 32, lr_init: float | None = None, lr_max: float | None = None,
                  decay_init: float = 0.001,
                  momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
-                 ema_momentum: bool = True, value_norm: bool | None = None, layer_idx: int = 0):
+                 ema_momentum: bool = True, value_norm: bool | None = None, exp_scale_init: float | None = None,
+                 layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         if activation not in (None, "silu"):
@@ -163,7 +215,7 @@ class MemoryMixer(RuleParameters):
         self.build_rule_parameters(dim, num_heads, head_dim, rule, channel_gates=channel_gates, gate_rank=gate_rank,
                                    lr_init=lr_init, lr_max=lr_max, decay_init=decay_init,
                                    momentum_init=momentum_init, threshold_init=threshold_init, shift_init=shift_init,
-                                   ema_momentum=ema_momentum)
+                                   ema_momentum=ema_momentum, exp_scale_init=exp_scale_init)
         self.norm = RMSNorm(head_dim)
         #: unit-norm targets for deep memories: with raw values the outer loop grew ‖v‖ (0.5 → 3.6) with the lr gate,
         #: the MLP memory's weights and curvature with them, and its chunk-frozen inner loop diverged (docs/tnt.md);

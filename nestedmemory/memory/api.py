@@ -39,7 +39,7 @@ class Stream:
 
 
 def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, threshold=None, shift=None,
-             window_gates=None, feature_coeffs=None, initial_state: MemoryState | None = None,
+             window_gates=None, feature_coeffs=None, feature_scale=None, initial_state: MemoryState | None = None,
              output_final_state: bool = False, mode: str = "chunked"):
     """Write ``(k_t, v_t)`` into the memory and read it with ``q_t`` after each write (SPEC §2.2).
 
@@ -48,7 +48,10 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
     no retention only), or Python floats: ``lr`` = θ_t, ``decay`` = α_t (forget rate, ``W ← (1−α_t) W``),
     ``momentum`` = η_t; ``threshold`` = Yaad's δ_t and ``shift`` = Δ_t are ``[B, T, H]``;
     ``window_gates`` = γ_{t,r} ``[B, T, H, window]``, the weight of token ``t − r`` in step ``t``'s Omega
-    objective (default 1); ``feature_coeffs`` = ``a_i`` of ``φ_p``, ``[p+1]`` or ``[H, p+1]`` (default 1/i!).
+    objective (default 1); ``feature_coeffs`` = ``a_i`` of ``φ_p``, ``[p+1]`` or ``[H, p+1]`` (default 1/i!);
+    ``feature_scale`` = ``s`` of the ``exp`` map, a float or ``[H]``, ``s > 0`` (default 1): keys and queries enter
+    ``φ*`` as ``√s x``, so the kernel is ``φ*(√s q)·φ*(√s k) = exp(s q·k)`` (an inverse temperature, as
+    softmax attention's ``1/√d``) in the reads and in the writes alike; the state stores the scaled keys.
 
     Returns ``(o, final_state)`` with ``o``: ``[B, T, H, Dv]`` in ``q.dtype`` (memory math runs in at least
     fp32) and ``final_state`` a :class:`MemoryState` (``None`` unless ``output_final_state``). Both modes
@@ -61,7 +64,7 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
         raise ValueError(f"mode={mode!r} is not supported; choose one of {list(MODES)}")
     stream, state = _prepare(q, k, v, rule, lr=lr, decay=decay, momentum=momentum, threshold=threshold,
                              shift=shift, window_gates=window_gates, feature_coeffs=feature_coeffs,
-                             initial_state=initial_state)
+                             feature_scale=feature_scale, initial_state=initial_state)
     if rule.feature_map == "exp":
         run = kernel.run_recurrent if mode == "recurrent" else kernel.run_chunked
     else:
@@ -175,7 +178,7 @@ def _fit_kernel(name, pair, b, h, dims, dtype):
 
 
 def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gates, feature_coeffs,
-             initial_state):
+             feature_scale, initial_state):
     _check_qkv(q, k, v)
     dv = v.shape[-1]
     channel_ok = rule.memory == "linear" and rule.feature_map != "exp" and rule.retention in ("decay", "none") \
@@ -223,6 +226,16 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
     elif feature_coeffs is not None:
         raise ValueError(f"feature_coeffs were given but MemoryRule.feature_map={rule.feature_map!r} has none "
                          "(they weight the degrees of 'poly')")
+    if feature_scale is not None:
+        if rule.feature_map != "exp":
+            raise ValueError(f"feature_scale was given but MemoryRule.feature_map={rule.feature_map!r} has none "
+                             "(it scales the 'exp' kernel)")
+        feature_scale = torch.as_tensor(feature_scale, dtype=dtype, device=q.device)
+        if feature_scale.dim() > 1 or feature_scale.numel() not in (1, q.shape[2]):
+            raise ValueError(f"feature_scale must be a float or a tensor [{q.shape[2]}], got shape "
+                             f"{tuple(feature_scale.shape)}")
+        if not bool((feature_scale > 0).all()):
+            raise ValueError("feature_scale must be > 0 (the exp kernel is exp(s q·k))")
 
     def layout(t):
         return t.transpose(1, 2).to(dtype)
@@ -235,8 +248,12 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
         return t if old is None else torch.cat([old.to(dtype), t], dim=2)
 
     q_raw, k_raw = layout(q), halo_cat("k", layout(k))
-    features = (lambda x: x) if rule.feature_map != "poly" else \
-        (lambda x: poly_features(x, rule.degree, feature_coeffs.to(dtype)))
+    if rule.feature_map == "poly":
+        features = lambda x: poly_features(x, rule.degree, feature_coeffs.to(dtype))  # noqa: E731
+    elif feature_scale is not None:
+        features = lambda x: x * feature_scale.sqrt().view(-1, 1, 1)  # noqa: E731  √s per head
+    else:
+        features = lambda x: x  # noqa: E731
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     stream = Stream(q=features(q_raw), q_raw=q_raw, k=features(k_raw), k_raw=k_raw,
                     v=halo_cat("v", layout(v)), threshold=halo_cat("threshold", threshold),

@@ -73,11 +73,10 @@ def run(rule, s, state, *, factors_at=None, segments=None):
     outs = []
     for n in range(n_chunks):
         if lag[n]:
-            point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
+            point = memory_of(rule, weights)
             first = {name: x[n][:, :, :1] for name, x in writes.items()}
             grads = [x.transpose(-1, -2) @ d for x, d in _factors(rule, point, first)]
-            weights, lag_acc = lag_step(rule.retention, weights, grads, retain[n][:, :, :1], lr[n][:, :, :1],
-                                     q=rule.q, eps=rule.eps, shrink=rule.shrink)
+            weights, lag_acc = lag_step(rule, weights, grads, retain[n][:, :, :1], lr[n][:, :, :1])
             anchor, lag_decay = weights, 1.0
         elif not (n == 0 and off > 0):
             anchor = weights
@@ -90,7 +89,7 @@ def run(rule, s, state, *, factors_at=None, segments=None):
             lag_decay = lag_decay * _last(chunk_coef["beta"])
         if n < n_chunks - 1 or back == 0:
             if rule.is_lag:
-                weights = chunk_end(rule.retention, weights, anchor, lag_acc, lag_decay)
+                weights = chunk_end(rule, weights, anchor, lag_acc, lag_decay)
             anchor = lag_acc = lag_decay = None
     out = torch.cat(outs, dim=2)[:, :, off:off + t_len]
     return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, lag_acc=lag_acc,

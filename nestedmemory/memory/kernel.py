@@ -5,7 +5,8 @@ infinite-dimensional. Every write of a linear memory adds outer products ``φ*(k
 ``W = Σ_n φ*(K_n)ᵀ C_n`` and the memory is non-parametric: the state is ``weights = [K [B, H, N, Dk], C [B, H, N, Dv]]``
 (keys and coefficient rows) and a read is ``M(q) = φ*(q) W = exp(q Kᵀ) C`` (unnormalised attention over the stored
 keys). A write of token ``i`` with gradient ``φ*(k_i)ᵀ δ_i`` appends the key ``k_i`` with a coefficient row;
-retention scales the old rows.
+retention scales the old rows. Keys and queries arrive here already scaled by ``√s`` (``memorize``'s
+``feature_scale``), so every kernel below is ``exp(s q·k)`` and ``K`` holds the scaled keys.
 
 ``δ_i`` is the output gradient at the anchor ``A`` (the memory at the end of the previous chunk): ``−v_i`` (dot) or
 ``exp(k_i K_Aᵀ) C_A − v_i`` (ℓ2). ``gd``/``omega`` append ``−θ_t γ_{t,r} δ_{t−r}`` for every token of the window;

@@ -79,38 +79,52 @@ def soft_threshold(z, gamma: float):
     return torch.sign(z) * torch.relu(z.abs() - gamma)
 
 
-def lag_step(retention: str, weights, grads, retain, lr, *, q: float, eps: float, shrink: float):
+def simplex(rule, z):
+    """Memora's memory from its logits: ``c · softmax(Z)`` over the output axis, rows summing to
+    ``c = rule.simplex_scale`` (Miras Eq. 18-21's scaled simplex), by default the row's width ``n``."""
+    return (z.shape[-1] if rule.simplex_scale is None else rule.simplex_scale) * torch.softmax(z, dim=-1)
+
+
+def lag_step(rule, weights, grads, retain, lr):
     """The exact single-token update of a lag token (the first token of a chunk) for the Miras retentions.
 
-    ``weights`` is the state at the chunk boundary (Moneta: the accumulator ``A``) and ``grads`` the token's
-    surprise ``∇ℓ`` at the memory ``W`` it defines. Returns ``(W_lag, A_lag)``:
-    ``kl``: ``W_lag = softmax((1−α) log W − θ ∇ℓ)`` over the output axis (Miras Eq. 21/27);
+    ``weights`` is the state at the chunk boundary (Moneta: the accumulator ``A``; Memora: the logits ``Z``) and
+    ``grads`` the token's surprise ``∇ℓ`` at the memory ``W`` it defines (:func:`memory_of`). Returns
+    ``(W_lag, A_lag)``:
+    ``kl``: ``A_lag = (1−α) log W − θ ∇ℓ``, ``W_lag = c · softmax(A_lag)`` over the output axis (Miras
+    Eq. 21/27), with ``log W = log_softmax(Z)`` (up to ``log c``, a constant per row, which the softmax ignores;
+    never the log of a saturated softmax, see :func:`memory_of`);
     ``lq``: ``A_lag = (1−α) A − θ ∇ℓ``, ``W_lag = link(A_lag)`` (Eq. 24-25);
-    ``elastic``: ``W_lag = S_γ((1−α) W − θ ∇ℓ)`` (Eq. 22). ``A_lag`` is Moneta's accumulator, else ``None``.
+    ``elastic``: ``W_lag = S_γ((1−α) W − θ ∇ℓ)`` (Eq. 22). ``A_lag`` is ``None`` for ``elastic``.
     """
-    if retention == "kl":
-        return [torch.softmax(retain * torch.log(w) - lr * g, dim=-1) for w, g in zip(weights, grads)], None
-    if retention == "lq":
+    if rule.retention == "kl":
+        acc = [retain * torch.log_softmax(z, dim=-1) - lr * g for z, g in zip(weights, grads)]
+        return [simplex(rule, a) for a in acc], acc
+    if rule.retention == "lq":
         acc = [retain * w - lr * g for w, g in zip(weights, grads)]
-        return [lq_link(a, q, eps) for a in acc], acc
-    return [soft_threshold(retain * w - lr * g, shrink) for w, g in zip(weights, grads)], None
+        return [lq_link(a, rule.q, rule.eps) for a in acc], acc
+    return [soft_threshold(retain * w - lr * g, rule.shrink) for w, g in zip(weights, grads)], None
 
 
-def memory_of(retention: str, weights, *, q: float, eps: float):
-    """The memory a chunk-boundary state defines: ``link(A)`` for ``lq``, the weights otherwise."""
-    if retention == "lq":
-        return [lq_link(w, q, eps) for w in weights]
+def memory_of(rule, weights):
+    """The memory a chunk-boundary state defines: ``link(A)`` for ``lq``, ``c · softmax(Z)`` for ``kl``
+    (:func:`simplex`), the weights otherwise. Memora's state is kept as logits because its retention acts on
+    ``log W``: a softmax row whose entries underflow to 0 (they do, once a row saturates: a repeated token pushes the
+    same logits every chunk) has ``log W = −inf``, and the backward of ``log`` then multiplies 0 by ``1/W = inf``."""
+    if rule.retention == "lq":
+        return [lq_link(w, rule.q, rule.eps) for w in weights]
+    if rule.retention == "kl":
+        return [simplex(rule, z) for z in weights]
     return weights
 
 
-def chunk_end(retention: str, weights, anchor, lag_acc, lag_decay):
+def chunk_end(rule, weights, anchor, lag_acc, lag_decay):
     """The state written at the end of a chunk of a lag rule, from the linear-phase weights ``W_b`` (the chunk's
     updates applied to ``W_lag`` as plain decayed GD, "inside a chunk treat q = 2"): the same updates applied in the
-    map's own space, ``β`` being the decay product since the lag token.
-    ``kl``: ``softmax(W_b + β (log W_lag − W_lag))`` (log space); ``lq``: the accumulator ``W_b + β (A_lag − W_lag)``;
-    ``elastic``: ``W_b``."""
-    if retention == "kl":
-        return [torch.softmax(w + lag_decay * (torch.log(a) - a), dim=-1) for w, a in zip(weights, anchor)]
-    if retention == "lq":
+    map's own space, ``β`` being the decay product since the lag token — the accumulator ``W_b + β (A_lag − W_lag)``
+    for ``lq`` and for ``kl`` (there the logits ``β A_lag − Σ_i (β/β_i) θ_i ∇ℓ(W_lag; k_i, v_i)``, the
+    softmax of which is ``softmax(W_b + β (log W_lag − W_lag))``: ``A_lag`` and ``log W_lag`` differ by a constant per
+    row); ``elastic``: ``W_b``."""
+    if rule.retention in ("lq", "kl"):
         return [w + lag_decay * (acc - a) for w, acc, a in zip(weights, lag_acc, anchor)]
     return weights

@@ -27,10 +27,9 @@ def run(rule, s, state):
         lr, retain = s.lr[:, :, j:j + 1], s.retain[:, :, j:j + 1]
         mom = None if s.momentum is None else s.momentum[:, :, j:j + 1]
         if offset == 0 and rule.is_lag:
-            point = memory_of(rule.retention, weights, q=rule.q, eps=rule.eps)
+            point = memory_of(rule, weights)
             grads, _ = surprise(rule, s, point, [pos], None, outer)
-            weights, lag_acc = lag_step(rule.retention, weights, grads, retain, lr,
-                                     q=rule.q, eps=rule.eps, shrink=rule.shrink)
+            weights, lag_acc = lag_step(rule, weights, grads, retain, lr)
             anchor, lag_decay = weights, torch.ones_like(retain)
         else:
             if offset == 0:
@@ -46,7 +45,7 @@ def run(rule, s, state):
         offset += 1
         if offset == rule.chunk_size:
             if rule.is_lag:
-                weights = chunk_end(rule.retention, weights, anchor, lag_acc, lag_decay)
+                weights = chunk_end(rule, weights, anchor, lag_acc, lag_decay)
             anchor = lag_acc = lag_decay = None
             offset = 0
     out = torch.cat(outs, dim=2) if outs else s.q.new_zeros(*s.q.shape[:3], s.v.shape[-1])

@@ -50,10 +50,14 @@ class MemoryRule:
     ``robust``: ``½‖e‖² + Δ_t sqrt(‖e‖² + ε)`` (value-shift robust, Miras Eq. 17).
 
     Retention: ``none``; ``decay`` (``W ← (1 − α_t) W``, Titans' forget gate); ``lq`` (Moneta: accumulator
-    ``A``, memory ``W = sign(A)|A|^{q−1} / ‖A‖_q^{q−2}``); ``kl`` (Memora: ``W ← softmax((1 − α_t) log W − θ_t ∇ℓ)`` over the
-    output axis); ``elastic`` (``W ← S_γ((1 − α_t) W − θ_t ∇ℓ)``, Miras Eq. 22). The non-linear maps of ``lq``,
-    ``kl`` and ``elastic`` are applied on the first token of every chunk (Memora's lag token); see
-    ``docs/decisions.md``.
+    ``A``, memory ``W = sign(A)|A|^{q−1} / ‖A‖_q^{q−2}``); ``kl`` (Memora, Miras Eq. 21:
+    ``W ← c · softmax((1 − α_t) log W − θ_t ∇ℓ)`` over the output axis, kept as logits ``Z``, ``W = c · softmax(Z)``;
+    ``c = simplex_scale``, by default the row's width ``n``: the entries then average 1 and at a near-uniform memory
+    the step moves ``W`` by ``≈ −θ_t (I − 11ᵀ/n) ∇ℓ``, the Euclidean step of the other rules and of the chunk's
+    linear phase; at ``c = 1`` the logit step moved the memory ``n``× as far for its scale, the chunk-frozen inner
+    loop overshot and the outer gradients grew ``e^{0.04}`` per token, see ``docs/decisions.md``); ``elastic``
+    (``W ← S_γ((1 − α_t) W − θ_t ∇ℓ)``, Miras Eq. 22). The non-linear maps of ``lq``, ``kl`` and ``elastic`` are
+    applied on the first token of every chunk (Memora's lag token); see ``docs/decisions.md``.
 
     Learner: ``gd`` (``W_t = (1−α_t)W_{t−1} − θ_t u_t``), ``momentum`` (Titans Eq. 13-14:
     ``S_t = η_t S_{t−1} − θ_t u_t``, ``W_t = (1−α_t)W_{t−1} + S_t``), ``omega`` (= ``gd``; named for the
@@ -86,6 +90,7 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
     eps: float = 1e-6
     retention: str = "decay"
     q: float = 4.0
+    simplex_scale: float | None = None
     shrink: float = 0.0
     learner: str = "gd"
     window: int = 1
@@ -121,6 +126,8 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
                              f"below 2), got {self.q!r}")
         if not self.eps > 0:
             raise ValueError(f"MemoryRule.eps must be > 0, got {self.eps!r}")
+        if self.simplex_scale is not None and not self.simplex_scale > 0:
+            raise ValueError(f"MemoryRule.simplex_scale must be None or > 0, got {self.simplex_scale!r}")
         if not self.shrink >= 0:
             raise ValueError(f"MemoryRule.shrink must be >= 0, got {self.shrink!r}")
         if self.retention in LAG_RETENTIONS:
@@ -197,10 +204,10 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
                    dtype: torch.dtype = torch.float32, device=None,
                    generator: torch.Generator | None = None) -> MemoryState:
         """A fresh state: zeros for the matrix memory, ``N(0, 1/in)`` for MLP layers, the uniform distribution
-        for ``kl`` (Memora), zero momentum; no stored keys (``N = 0``) for the ``exp`` kernel memory. For ``lq``
-        (Moneta) the state is the accumulator whose memory is that. The MLP draws use ``generator``, by default
-        a CPU generator seeded 0: the default state is the same on every call (``memorize`` without an
-        ``initial_state`` is a function of its inputs)."""
+        for ``kl`` (Memora; as its state, logits 0), zero momentum; no stored keys (``N = 0``) for the ``exp``
+        kernel memory. For ``lq`` (Moneta) the state is the accumulator whose memory is that. The MLP draws use
+        ``generator``, by default a CPU generator seeded 0: the default state is the same on every call
+        (``memorize`` without an ``initial_state`` is a function of its inputs)."""
         if self.feature_map == "exp":
             value_dim = head_dim if value_dim is None else value_dim
             return MemoryState(weights=[torch.zeros(batch, heads, 0, dim, dtype=dtype, device=device)
@@ -208,9 +215,7 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
         weights = []
         for d_in, d_out in self.weight_shapes(head_dim, value_dim):
             shape = (batch, heads, d_in, d_out)
-            if self.retention == "kl":
-                w = torch.full(shape, 1.0 / d_out, dtype=dtype, device=device)
-            elif self.memory == "linear":
+            if self.retention == "kl" or self.memory == "linear":
                 w = torch.zeros(shape, dtype=dtype, device=device)
             else:
                 w = _normal(shape, dtype, device, generator) / math.sqrt(d_in)

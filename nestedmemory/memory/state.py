@@ -12,13 +12,14 @@ class MemoryState:
     """State after ``t`` tokens of one memory layer (all tensors ``[B, H, ...]``).
 
     ``weights``: the memory as it is read, ``W_t`` (one ``[B, H, in, out]`` matrix per layer). For ``lq``
-    (Moneta) at a chunk boundary it holds the accumulator ``A`` (the memory is then ``sign(A)|A|^{q−1} / ‖A‖_q^{q−2}``). For the
+    (Moneta) at a chunk boundary it holds the accumulator ``A`` (the memory is then ``sign(A)|A|^{q−1} / ‖A‖_q^{q−2}``),
+    for ``kl`` (Memora) the logits ``Z`` (the memory is ``c · softmax(Z)`` over the output axis). For the
     ``exp`` kernel memory it is ``[K [B, H, N, Dk], C [B, H, N, Dv]]``, ``W = Σ_n φ*(K_n)ᵀ C_n`` (N grows with
     every write; ``anchor`` has the same form).
     ``momentum``: ``S_t`` for ``momentum``/``muon`` learners. ``offset``: tokens already taken in the current
     chunk; when it is not 0, ``anchor`` holds the gradient point of that chunk (the memory at its start, or
-    after its lag token), ``lag_acc`` Moneta's accumulator after the lag token and ``lag_decay`` Memora's decay
-    product since the lag token. ``halo`` holds the last ``window − 1`` ``(k, v, threshold, shift)`` tokens
+    after its lag token), ``lag_acc`` Moneta's accumulator (Memora's logits) after the lag token and ``lag_decay``
+    the decay product since the lag token. ``halo`` holds the last ``window − 1`` ``(k, v, threshold, shift)`` tokens
     ``[B, w, H, ...]`` for the Omega rule.
     """
 
