@@ -1,6 +1,7 @@
 """The memory token mixer: causality, decoding, padding, gradients into every parameter, stability at init."""
 
 import pytest
+import checks
 from checks import assert_causal
 import torch
 from torch.nn import functional as F
@@ -9,7 +10,6 @@ from nestedmemory.layers import LayerStates, MemoryMixer, NeuralMemory
 from nestedmemory.layers.memory import frozen
 from nestedmemory.memory import MemoryRule, memorize
 from nestedmemory.models import from_preset
-from nestedmemory.tasks import mqar
 
 DIM, HEADS, HEAD_DIM = 24, 2, 12
 RULES = {
@@ -160,19 +160,7 @@ def test_tiny_deep_transformer_learns_mqar_within_a_few_hundred_steps():
     """4-pair MQAR, vocabulary 64, batch 64, AdamW 1e-3 (the recipe of ``test_init``'s transformer++): with the
     learned kernel scale the tiny DeepTransformer reaches 98% by step 400 (65% at 300); with the unscaled kernel
     (``exp_scale_init=1``) it sat at 26%, ``s`` crawling from 1 to 1.2."""
-    torch.manual_seed(0)
-    model = from_preset("deeptransformer", vocab_size=64)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    task = dict(vocab_size=64, seq_len=64, num_kv_pairs=4)
-    for step in range(400):
-        data = mqar.generate(64, seed=step, **task)
-        loss = model(input_ids=torch.as_tensor(data["input_ids"]), labels=torch.as_tensor(data["labels"])).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = mqar.evaluate(model, n=256, seed=10 ** 6, batch_size=128, **task)["accuracy"]
+    accuracy = checks.mqar_accuracy_after_training("deeptransformer", steps=400)
     assert accuracy >= 0.9, accuracy
 
 
@@ -197,6 +185,27 @@ def test_a_state_dict_without_the_exp_kernel_scale_loads_with_the_unscaled_kerne
     layer.load_state_dict(state)
     x = inputs()[..., :12]
     torch.testing.assert_close(layer(x)[0], earlier(x)[0], rtol=1e-5, atol=1e-8)
+
+
+def test_a_checkpoint_without_the_exp_kernel_scale_loads_with_the_unscaled_kernel(tmp_path):
+    """``from_pretrained`` (plain and through ``AutoModelForCausalLM``) of a DeepTransformer saved before the scale
+    existed gives the model it was trained as: ``transformers`` initialises missing weights itself, so the layer's
+    state-dict hook does not run there (``s`` was left at whatever the fresh tensor held)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from nestedmemory.models import NestedMemoryForCausalLM, preset_config
+
+    torch.manual_seed(0)
+    earlier = from_preset("deeptransformer", memory=dict(preset_config("deeptransformer").memory, exp_scale_init=1.0))
+    earlier.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.endswith("exp_scale")}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    x = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    for loader in (NestedMemoryForCausalLM, AutoModelForCausalLM):
+        loaded = loader.from_pretrained(tmp_path)
+        torch.testing.assert_close(loaded(x).logits, earlier(x).logits, rtol=1e-5, atol=1e-6)
 
 
 def test_omega_window_gates_make_the_surprise_a_weighted_mean():

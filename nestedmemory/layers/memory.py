@@ -189,8 +189,9 @@ class MemoryMixer(RuleParameters):
     ``False`` is the plain Titans step of earlier versions): with these the memory keeps
     its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
     rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
-    (Titans: SiLU on q, k and v). ``value_norm``: ℓ2-normalise the values per head too (default: for MLP
-    memories, where the target's scale sets the inner loop's curvature; matrix memories keep raw values). Omega
+    (Titans: SiLU on q, k and v). ``value_norm``: normalise the values per head too, to the scale of the memory's
+    output — unit ℓ2 norm, or RMS 1 behind the memory's LayerNorm (default: for MLP memories, where the target's
+    scale sets the inner loop's curvature; matrix memories keep raw values). Omega
     window gates lie in ``(0, 1/c)``, Muon's in ``(0, 1)`` (:func:`window_gates`). The ``exp`` kernel memory learns
     an inverse temperature per head, ``exp(s q·k)``, from ``exp_scale_init`` (default ``sqrt(head_dim)``; ``1``
     starts from the unscaled kernel of earlier versions, which is what a state dict without it loads with), and
@@ -219,8 +220,11 @@ class MemoryMixer(RuleParameters):
         self.norm = RMSNorm(head_dim)
         #: unit-norm targets for deep memories: with raw values the outer loop grew ‖v‖ (0.5 → 3.6) with the lr gate,
         #: the MLP memory's weights and curvature with them, and its chunk-frozen inner loop diverged (docs/tnt.md);
-        #: the read is RMS-normalised after the memory, so the values' scale carries nothing else.
+        #: the read is RMS-normalised after the memory, so the values' scale carries nothing else. Behind a LayerNorm
+        #: (output RMS 1) a unit-norm target is out of reach (‖M(k) − v‖ ≥ √d − 2): the write never vanishes and,
+        #: as the decay shrinks the pre-norm branch, the norm's 1/σ Jacobian grew Yaad's 4K-token gradients 10⁷×.
         self.value_norm = rule.memory == "mlp" if value_norm is None else value_norm
+        self.value_scale = math.sqrt(head_dim) if rule.layernorm else 1.0
         self.g_proj = nn.Linear(dim, inner, bias=False)
         self.o_proj = residual_output(nn.Linear(inner, dim, bias=False))
 
@@ -240,7 +244,7 @@ class MemoryMixer(RuleParameters):
             new_convs.append(state)
         q, k, v = qkv
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        v = F.normalize(v, dim=-1) if self.value_norm else v
+        v = F.normalize(v, dim=-1) * self.value_scale if self.value_norm else v
         out, entry = self.mix(q, k, v, hidden_states, real, cache, use_cache)
         if use_cache:
             past_key_values = LayerStates() if past_key_values is None else past_key_values
