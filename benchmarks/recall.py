@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -308,15 +309,10 @@ def grouped(runs: list[dict]) -> dict:
     return table
 
 
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def cell_text(records: list[dict], cell: str) -> str:
     """Mean accuracy over seeds (%) with each seed's value; † marks a diverged run."""
     values = [f"{100 * r['accuracy'][cell]:.0f}" + ("†" if r["diverged_at"] is not None else "") for r in records]
-    average = mean(100 * r["accuracy"][cell] for r in records)
+    average = statistics.mean(100 * r["accuracy"][cell] for r in records)
     if len(records) == 1:
         return f"{average:.1f}" + ("†" if records[0]["diverged_at"] is not None else "")
     return f"**{average:.1f}** ({'/'.join(values)})"
@@ -335,7 +331,7 @@ def section_table(runs: list[dict]) -> str:
         extra = [key[2 + names.index(name)] for name in varying]
         row = [key[0], key[1]] + extra + [f"{records[0]['parameters']:,}", f"{records[0]['state']:,}"] + \
             [cell_text(records, c) if c in records[0]["accuracy"] else "" for c in cells] + \
-            [f"{mean(r['cpu_seconds_per_step'] for r in records):.2f}"]
+            [f"{statistics.mean(r['cpu_seconds_per_step'] for r in records):.2f}"]
         lines.append("| " + " | ".join(map(str, row)) + " |")
     return "\n".join(lines) + "\n"
 
@@ -365,7 +361,7 @@ def ordering(runs: list[dict], cells: list[str]) -> str:
         for r in runs:
             if r["width"] == width and not r.get("memory"):
                 score.setdefault(r["preset"], []).extend(100 * r["accuracy"][c] for c in cells)
-        score = {p: mean(v) for p, v in score.items()}
+        score = {p: statistics.mean(v) for p, v in score.items()}
         groups = [[p for p in group if p in score] for group in CLAIM]
         groups = [g for g in groups if g]
         for upper, lower in itertools.pairwise(groups):
@@ -394,7 +390,7 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
     for key, records in table.items():
         for j, (w, c) in enumerate(columns):
             if key[1] == w and c in records[0]["accuracy"]:
-                values[rows.index(key[0]), j] = mean(100 * r["accuracy"][c] for r in records)
+                values[rows.index(key[0]), j] = statistics.mean(100 * r["accuracy"][c] for r in records)
     figure, (left, right) = plt.subplots(1, 2, figsize=(7 + 0.55 * len(columns), 1.5 + 0.32 * len(rows)),
                                          gridspec_kw=dict(width_ratios=[0.55 * len(columns) + 2.5, 4.5]))
     image = left.imshow(values, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
@@ -408,7 +404,8 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
     figure.colorbar(image, ax=left, label="query accuracy (%)", fraction=0.04)
     colours = plt.get_cmap("tab20")
     for i, name in enumerate(rows):
-        points = sorted((records[0]["state"], mean(100 * mean(r["accuracy"].values()) for r in records))
+        points = sorted((records[0]["state"],
+                         statistics.mean(100 * statistics.mean(r["accuracy"].values()) for r in records))
                         for key, records in table.items() if key[0] == name)
         right.plot(*zip(*points), "o-", color=colours(i % 20), label=name, markersize=4, linewidth=1)
     right.set_xscale("log")

@@ -89,11 +89,15 @@ def exp_kernel_step(rule: MemoryRule, scale, lr):
     return scale, lr
 
 
+#: the raw ``exp_scale`` (``s = softplus(σ) = 1``) of a state dict written before the ``exp`` kernel had a scale:
+#: the kernel ``exp(q·k)`` it was trained with (:func:`_unit_exp_scale`, ``from_pretrained``).
+EARLIER_EXP_SCALE = inverse_softplus(1.0)
+
+
 def _unit_exp_scale(layer, state_dict: dict, prefix: str, *args) -> None:
-    """State dicts written before the ``exp`` kernel had a scale load with ``s = 1``: the kernel ``exp(q·k)`` they
-    were trained with."""
+    """State dicts written before the ``exp`` kernel had a scale load with :data:`EARLIER_EXP_SCALE`."""
     if prefix + "exp_scale" not in state_dict:
-        state_dict[prefix + "exp_scale"] = torch.full_like(layer.exp_scale, inverse_softplus(1.0))
+        state_dict[prefix + "exp_scale"] = torch.full_like(layer.exp_scale, EARLIER_EXP_SCALE)
 
 
 class RuleParameters(nn.Module):

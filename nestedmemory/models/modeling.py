@@ -21,7 +21,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import LayerStates, RMSNorm
-from ..layers.memory import inverse_softplus
+from ..layers.memory import EARLIER_EXP_SCALE
 from .blocks import Block
 from .cms import continuum_forward
 from .config import NestedMemoryConfig
@@ -58,14 +58,15 @@ class NestedMemoryPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, output_loading_info: bool = False, **kwargs):
         """``PreTrainedModel.from_pretrained``; a checkpoint written before the ``exp`` kernel had its scale loads
-        with ``s = 1``, the kernel it was trained with (``transformers`` initialises missing weights through
-        ``_init_weights``, not through the layer's state-dict hook, which ``load_state_dict`` uses)."""
+        with ``s = 1`` (:data:`~nestedmemory.layers.memory.EARLIER_EXP_SCALE`), the kernel it was trained with
+        (``transformers`` initialises missing weights itself; the layer's state-dict hook only runs in
+        ``load_state_dict``)."""
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing = {name for name in info["missing_keys"] if name.rsplit(".", 1)[-1] == "exp_scale"}
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if name in missing:
-                    parameter.fill_(inverse_softplus(1.0))
+                    parameter.fill_(EARLIER_EXP_SCALE)
         return (model, info) if output_loading_info else model
 
     def _init_weights(self, module):
