@@ -31,10 +31,11 @@ def assert_finite_logits_and_gradients(model, length: int) -> None:
     assert math.isfinite(out.loss.item()) and not bad, f"non-finite gradients: {bad[:5]}"
 
 
-def trained(name: str, steps: int = 100):
-    """The tiny preset after ``steps`` AdamW steps (lr 3e-3, batch 2 × 64 bytes) on the embedded corpus."""
+def trained(name: str, steps: int = 100, **overrides):
+    """The tiny preset (with ``overrides``) after ``steps`` AdamW steps (lr 3e-3, batch 2 × 64 bytes) on the embedded
+    corpus."""
     torch.manual_seed(0)
-    model = from_preset(name)
+    model = from_preset(name, **overrides)
     data = torch.tensor(list(shakespeare(200_000).encode()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
@@ -106,7 +107,18 @@ def test_trained_yaad_gradients_stay_moderate_at_2k_tokens():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open (issue 12): after training, OmegaNet's second memory goes non-finite "
-                   "64 tokens into the run of spaces at T = 1,024 (finite at 2,048, where the run starts later)")
-def test_trained_omeganet_is_finite_at_1k_tokens():
-    assert_finite_logits_and_gradients(trained("omeganet"), 1024)
+def test_trained_omeganet_holds_a_repeated_key_at_1k_tokens():
+    """OmegaNet's polynomial keys are not unit (‖φ_2(k)‖² = Σ a_i ≈ 2.25 after training): with the step bounded
+    for unit keys, a chunk of 8 steps along the run of spaces moved ≈ 2.9 > 2 and its second memory went
+    non-finite at T = 1,024 (gradient 1.4e8 at 1,536). The step normalised by ‖φ(k)‖² (``normalised_step``) holds
+    it; the earlier step (``poly_normalised_step=False``) is still the divergent one."""
+    model = trained("omeganet")
+    assert_finite_logits_and_gradients(model, 1024)
+    assert largest_gradient_at(model, 1024) < 10
+    layer = model.model.layers[0].mixers[0]
+    h = torch.randn(1, 3, layer.q_proj.in_features)
+    gates = layer.gates(h, torch.ones(1, 3))
+    torch.testing.assert_close(gates["lr"], layer.lr(h) / gates["feature_coeffs"].sum(-1))
+    earlier = dict(preset_config("omeganet", "tiny").memory, poly_normalised_step=False)
+    with pytest.raises(AssertionError, match="non-finite"):
+        assert_finite_logits_and_gradients(trained("omeganet", memory=earlier), 1024)

@@ -73,20 +73,28 @@ def window_gates(dim: int, num_heads: int, rule: MemoryRule) -> Gate:
     return Gate(dim, num_heads * rule.window, init=0.5 * scale, scale=scale)
 
 
-def exp_kernel_step(rule: MemoryRule, scale, lr):
+def exp_kernel_scale(rule: MemoryRule, scale, lr):
     """The ``exp`` kernel's inverse temperature and step: ``(s, θ_t)`` with ``s`` ``[H]`` from the layer and the
     lr gate ``θ̃_t``. Queries and keys are unit vectors, so without ``s`` the kernel ``exp(q·k)`` lies in
     ``[e⁻¹, e]`` and an exactly matching key among 64 random ones gets 4% of the read: DeepTransformers / SWDT /
     Dot could not recall. ``s`` (``memorize``'s ``feature_scale``: ``exp(s q·k)``, reads and writes alike) is
     learned per head from ``sqrt(head_dim)``, the logit a matching key gets in softmax attention with unit-variance
-    entries (``q·k/√d = √d``). Where the write reads the memory at its key (``dgd``, or a bias other than ``dot``),
-    its curvature along ``φ*(√s k)`` is ``‖φ*(√s k)‖² = exp(s ‖k‖²) = e^s``, so the step is normalised by it,
-    ``θ_t = θ̃_t e^{−s}`` (normalised LMS; DeltaNet's unit keys in feature space): the delta rule's eigenvalue along
-    a key is ``1 − θ̃_t`` for every ``s`` (unnormalised, ``θ̃ e^s`` reached 2.7 at ``s = 4`` and a repeated key
-    diverged). The ``dot`` bias with GD does not read the memory when it writes: its ``θ`` stays."""
-    if rule.is_dgd or rule.objective != "dot":
-        lr = lr * torch.exp(-scale)  # per-head gates: the exp memory has no channel-wise ones
-    return scale, lr
+    entries (``q·k/√d = √d``). The key's squared norm in feature space is ``‖φ*(√s k)‖² = exp(s ‖k‖²) = e^s``
+    (:func:`normalised_step`: unnormalised, ``θ̃ e^s`` reached 2.7 at ``s = 4`` and a repeated key diverged)."""
+    return scale, normalised_step(rule, torch.exp(scale), lr)
+
+
+def normalised_step(rule: MemoryRule, key_sq_norm, lr):
+    """The step on a feature-mapped key, ``θ_t = θ̃_t / ‖φ(k_t)‖²`` (normalised LMS; DeltaNet's unit keys in
+    feature space), with ``key_sq_norm`` ``[H]`` the squared norm of a unit key's features (the ``exp`` kernel's
+    ``e^s``, ``poly``'s ``Σ_i a_i``). Where the write reads the memory at its key (``dgd``, or an objective other than
+    ``dot``) its curvature along ``φ(k)`` is ``‖φ(k)‖²``, so the bounds of :func:`chunk_steps` (set for unit keys)
+    hold for every feature map: the delta rule's eigenvalue along a key is ``1 − θ̃_t``. The ``dot`` bias with GD
+    does not read the memory when it writes, and Muon's orthogonalised step carries no scale of the gradient: their
+    ``θ`` stays."""
+    if rule.learner == "muon" or not (rule.is_dgd or rule.objective != "dot"):
+        return lr
+    return lr / key_sq_norm.view(-1, *(1,) * (lr.dim() - 3))  # per head; channel gates [B, T, H, D]
 
 
 #: the raw ``exp_scale`` (``s = softplus(σ) = 1``) of a state dict written before the ``exp`` kernel had a scale:
@@ -108,13 +116,15 @@ class RuleParameters(nn.Module):
     def build_rule_parameters(self, dim: int, num_heads: int, head_dim: int, rule: MemoryRule, *,
                               channel_gates: bool, gate_rank: int, lr_init: float | None, lr_max: float | None,
                               decay_init: float, momentum_init: float, threshold_init: float, shift_init: float,
-                              ema_momentum: bool, exp_scale_init: float | None):
+                              ema_momentum: bool, exp_scale_init: float | None, poly_normalised_step: bool):
         """``gate_config`` keeps the arguments (``lr_init``/``lr_max`` as given, before their chunk-size-dependent
         defaults) to build further memories alike."""
         self.rule, self.heads, self.head_dim = rule, num_heads, head_dim
         self.gate_config = dict(channel_gates=channel_gates, gate_rank=gate_rank, lr_init=lr_init, lr_max=lr_max,
                                 decay_init=decay_init, momentum_init=momentum_init, threshold_init=threshold_init,
-                                shift_init=shift_init, ema_momentum=ema_momentum, exp_scale_init=exp_scale_init)
+                                shift_init=shift_init, ema_momentum=ema_momentum, exp_scale_init=exp_scale_init,
+                                poly_normalised_step=poly_normalised_step)
+        self.poly_normalised_step = poly_normalised_step
         self.ema_momentum = ema_momentum and rule.learner == "momentum"
         channels = head_dim if channel_gates else None
         lr_init, lr_max = chunk_steps(rule.chunk_size, lr_init, lr_max, ema=self.ema_momentum)
@@ -134,7 +144,7 @@ class RuleParameters(nn.Module):
         if rule.feature_map == "poly":  # a_i = softplus(ρ_i), initialised at 1/i! (Atlas Eq. 5)
             a = default_poly_coeffs(rule.degree)
             self.poly = nn.Parameter(torch.log(torch.expm1(a)).expand(num_heads, -1).clone())
-        if rule.feature_map == "exp":  # s = softplus(σ) per head (:func:`exp_kernel_step`)
+        if rule.feature_map == "exp":  # s = softplus(σ) per head (:func:`exp_kernel_scale`)
             s = math.sqrt(head_dim) if exp_scale_init is None else exp_scale_init
             self.exp_scale = nn.Parameter(torch.full((num_heads,), inverse_softplus(s)))
             self.register_load_state_dict_pre_hook(_unit_exp_scale)
@@ -176,9 +186,11 @@ class RuleParameters(nn.Module):
         if self.window is not None:
             out["window_gates"] = self.window(x).unflatten(-1, (self.heads, self.rule.window))
         if self.rule.feature_map == "poly":
-            out["feature_coeffs"] = F.softplus(self.poly)
+            out["feature_coeffs"] = coeffs = F.softplus(self.poly)
+            if self.poly_normalised_step:
+                out["lr"] = normalised_step(self.rule, coeffs.sum(-1), out["lr"])
         if self.rule.feature_map == "exp":
-            out["feature_scale"], out["lr"] = exp_kernel_step(self.rule, F.softplus(self.exp_scale), out["lr"])
+            out["feature_scale"], out["lr"] = exp_kernel_scale(self.rule, F.softplus(self.exp_scale), out["lr"])
         return out
 
 
@@ -199,7 +211,9 @@ class MemoryMixer(RuleParameters):
     window gates lie in ``(0, 1/c)``, Muon's in ``(0, 1)`` (:func:`window_gates`). The ``exp`` kernel memory learns
     an inverse temperature per head, ``exp(s q·k)``, from ``exp_scale_init`` (default ``sqrt(head_dim)``; ``1``
     starts from the unscaled kernel of earlier versions, which is what a state dict without it loads with), and
-    normalises a delta step by ``e^s`` (:func:`exp_kernel_step`)."""
+    normalises a delta step by ``e^s`` (:func:`exp_kernel_scale`). The ``poly`` memory's step is normalised by its
+    keys' squared feature norm ``Σ_i a_i`` (:func:`normalised_step`; ``poly_normalised_step=False``: the earlier
+    step, under which a trained OmegaNet's repeated key diverged)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
                  conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,
@@ -207,7 +221,7 @@ class MemoryMixer(RuleParameters):
                  decay_init: float = 0.001,
                  momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
                  ema_momentum: bool = True, value_norm: bool | None = None, exp_scale_init: float | None = None,
-                 layer_idx: int = 0):
+                 poly_normalised_step: bool = True, layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         if activation not in (None, "silu"):
@@ -220,7 +234,8 @@ class MemoryMixer(RuleParameters):
         self.build_rule_parameters(dim, num_heads, head_dim, rule, channel_gates=channel_gates, gate_rank=gate_rank,
                                    lr_init=lr_init, lr_max=lr_max, decay_init=decay_init,
                                    momentum_init=momentum_init, threshold_init=threshold_init, shift_init=shift_init,
-                                   ema_momentum=ema_momentum, exp_scale_init=exp_scale_init)
+                                   ema_momentum=ema_momentum, exp_scale_init=exp_scale_init,
+                                   poly_normalised_step=poly_normalised_step)
         self.norm = RMSNorm(head_dim)
         #: unit-norm targets for deep memories: with raw values the outer loop grew ‖v‖ (0.5 → 3.6) with the lr gate,
         #: the MLP memory's weights and curvature with them, and its chunk-frozen inner loop diverged (docs/tnt.md);
