@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import default_poly_coeffs
 from .cache import LayerStates
+from .caching import MemoryCaching
 from .common import (Gate, RMSNorm, ShortConvolution, head_layout, keep_init, padded_output, real_tokens,
                      residual_output)
 
@@ -221,7 +222,7 @@ class MemoryMixer(RuleParameters):
                  decay_init: float = 0.001,
                  momentum_init: float = 0.9, threshold_init: float = 0.25, shift_init: float = 0.1,
                  ema_momentum: bool = True, value_norm: bool | None = None, exp_scale_init: float | None = None,
-                 poly_normalised_step: bool = True, layer_idx: int = 0):
+                 poly_normalised_step: bool = True, caching: dict | None = None, layer_idx: int = 0):
         super().__init__()
         head_dim = head_layout(dim, num_heads, head_dim)
         if activation not in (None, "silu"):
@@ -246,6 +247,7 @@ class MemoryMixer(RuleParameters):
         self.value_scale = math.sqrt(head_dim) if rule.layernorm else 1.0
         self.g_proj = nn.Linear(dim, inner, bias=False)
         self.o_proj = residual_output(nn.Linear(inner, dim, bias=False))
+        self.caching = None if caching is None else MemoryCaching(dim, num_heads, head_dim, rule, caching)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
@@ -273,6 +275,8 @@ class MemoryMixer(RuleParameters):
     def mix(self, q, k, v, x, real, cache, use_cache):
         """The memory read ``[B, T, H, Dv]`` after writing ``(k, v)`` (gates from ``x``, padding ``real`` = 0), and
         the layer's new cache entry without the conv windows (``None`` values unless ``use_cache``)."""
+        if self.caching is not None:
+            return self.caching.mix(self, q, k, v, x, real, cache, use_cache)
         memory = self.initial_state() if cache is None else cache["memory"]
         out, final = memorize(q, k, v, self.rule, initial_state=memory, output_final_state=use_cache,
                               **self.gates(x, real))

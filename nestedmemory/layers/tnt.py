@@ -125,6 +125,8 @@ class TNTMemory(MemoryMixer):
         chunks, shards = check_local_sizes(local_chunk_sizes, shard_sizes)
         if qk_projection not in QK_PROJECTIONS:
             raise ValueError(f"qk_projection must be one of {list(QK_PROJECTIONS)}, got {qk_projection!r}")
+        if kwargs.get("caching") is not None:
+            raise ValueError("caching is not built for TNT's hierarchical memory yet")
         super().__init__(dim, num_heads, head_dim, rule=rule, **kwargs)
         self.qk_projection = qk_projection
         self.local_memories = nn.ModuleList(

@@ -1,8 +1,8 @@
 """The associative-memory core: rules, the functional ``memorize`` op and its state (SPEC §2, §10.1)."""
 
-from .api import memorize
+from .api import memorize, recall
 from .maps import newton_schulz
 from .rule import MemoryRule
 from .state import MemoryState
 
-__all__ = ["MemoryRule", "MemoryState", "memorize", "newton_schulz"]
+__all__ = ["MemoryRule", "MemoryState", "memorize", "newton_schulz", "recall"]

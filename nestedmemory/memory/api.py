@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import chunked, kernel, recurrent
-from .nets import default_poly_coeffs, poly_features
+from .maps import memory_of
+from .nets import default_poly_coeffs, explicit, forward, poly_features
 from .rule import MemoryRule
 from .state import MemoryState
 
@@ -80,6 +81,27 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
                       (("k", stream.k_raw), ("v", stream.v), ("threshold", stream.threshold),
                        ("shift", stream.shift)) if t is not None}
     return out, state
+
+
+def recall(q, rule: MemoryRule, weights, *, feature_coeffs=None, feature_scale=None):
+    """``M(q_t)`` ``[..., B, T, H, Dv]``: the memory ``weights`` of a chunk-boundary state (``MemoryState.weights``)
+    read at the queries ``q`` ``[B, T, H, D]`` without a write (Titans Eq. 15, "forward pass without weight
+    update"), through the rule's feature map and memory (Moneta's / Memora's maps included, ``memory_of``). Axes
+    before ``[B, H]`` of the weights broadcast: a stack of ``N`` states ``[N, B, H, in, out]`` is read in one call.
+    Equals ``memorize``'s read with zero lr, decay and momentum; memory math in at least fp32."""
+    if not isinstance(rule, MemoryRule):
+        raise TypeError(f"rule must be a MemoryRule, got {type(rule).__name__}")
+    _check_qkv(q, q, q)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    features = _features(rule, feature_coeffs, feature_scale, q, dtype)
+    q_raw = q.transpose(1, 2).to(dtype)
+    weights = [w.to(dtype) for w in weights]
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if rule.feature_map == "exp":
+            out = kernel.read(weights, features(q_raw))
+        else:
+            out = forward(rule, features(q_raw), q_raw, explicit(memory_of(rule, weights)))[0]
+    return out.transpose(-2, -3).to(q.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -213,6 +235,30 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
 
     dtype = torch.promote_types(q.dtype, torch.float32)
     state = _check_state(initial_state, rule, q, v, dtype)
+    features = _features(rule, feature_coeffs, feature_scale, q, dtype)
+
+    def layout(t):
+        return t.transpose(1, 2).to(dtype)
+
+    def halo_cat(name, t):
+        if t is None:
+            return None
+        t = t.to(dtype)
+        old = state.halo.get(name)
+        return t if old is None else torch.cat([old.to(dtype), t], dim=2)
+
+    q_raw, k_raw = layout(q), halo_cat("k", layout(k))
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    stream = Stream(q=features(q_raw), q_raw=q_raw, k=features(k_raw), k_raw=k_raw,
+                    v=halo_cat("v", layout(v)), threshold=halo_cat("threshold", threshold),
+                    shift=halo_cat("shift", shift), lr=cast(lr), retain=cast(retain), momentum=cast(momentum),
+                    window=cast(window_gates), halo=k_raw.shape[2] - q.shape[1])
+    return stream, state
+
+
+def _features(rule, feature_coeffs, feature_scale, q, dtype):
+    """The feature map ``φ`` of the rule's keys and queries (``[B, H, T, D]`` in, features out), its parameters
+    checked: ``poly``'s ``a_i`` (default ``1/i!``), the ``exp`` map's ``√s`` per head, else the identity."""
     if rule.feature_map == "poly":
         if feature_coeffs is None:
             feature_coeffs = default_poly_coeffs(rule.degree, dtype, q.device)
@@ -236,27 +282,8 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
                              f"{tuple(feature_scale.shape)}")
         if not bool((feature_scale > 0).all()):
             raise ValueError("feature_scale must be > 0 (the exp kernel is exp(s q·k))")
-
-    def layout(t):
-        return t.transpose(1, 2).to(dtype)
-
-    def halo_cat(name, t):
-        if t is None:
-            return None
-        t = t.to(dtype)
-        old = state.halo.get(name)
-        return t if old is None else torch.cat([old.to(dtype), t], dim=2)
-
-    q_raw, k_raw = layout(q), halo_cat("k", layout(k))
     if rule.feature_map == "poly":
-        features = lambda x: poly_features(x, rule.degree, feature_coeffs.to(dtype))  # noqa: E731
-    elif feature_scale is not None:
-        features = lambda x: x * feature_scale.sqrt().view(-1, 1, 1)  # noqa: E731  √s per head
-    else:
-        features = lambda x: x  # noqa: E731
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    stream = Stream(q=features(q_raw), q_raw=q_raw, k=features(k_raw), k_raw=k_raw,
-                    v=halo_cat("v", layout(v)), threshold=halo_cat("threshold", threshold),
-                    shift=halo_cat("shift", shift), lr=cast(lr), retain=cast(retain), momentum=cast(momentum),
-                    window=cast(window_gates), halo=k_raw.shape[2] - q.shape[1])
-    return stream, state
+        return lambda x: poly_features(x, rule.degree, feature_coeffs.to(dtype))
+    if feature_scale is not None:
+        return lambda x: x * feature_scale.sqrt().view(-1, 1, 1)  # √s per head
+    return lambda x: x

@@ -1,0 +1,250 @@
+"""Memory Caching (issue 14; SPEC §9): the segment-wise layer against a literal token-by-token reference (the
+recurrent rule, an explicit list of cached states, per-token pools and softmax), causality, decoding, the paper's
+special cases and the option checks."""
+
+import math
+
+import pytest
+import torch
+
+from nestedmemory.layers import MemoryMixer
+from nestedmemory.layers.caching import caching_options
+from nestedmemory.memory import MemoryRule, memorize
+from nestedmemory.models import from_preset, preset_config
+
+DIM, HEADS, CHUNK, SEGMENT = 16, 2, 4, 8
+LINEAR = dict(memory="linear", objective="dot", retention="none", learner="gd")
+RULES = {
+    "linear": dict(LINEAR),
+    "titans-mlp": dict(memory="mlp", depth=2, expansion=2, objective="l2", retention="decay", learner="momentum"),
+    "yaad-mlp": dict(memory="mlp", depth=2, expansion=2, layernorm=True, objective="huber", retention="decay",
+                     learner="gd"),
+}
+
+
+def layer(rule: str, seed: int = 0, **caching) -> MemoryMixer:
+    torch.manual_seed(seed)
+    mixer = MemoryMixer(DIM, HEADS, rule=MemoryRule(**RULES[rule], chunk_size=CHUNK),
+                        caching=dict(dict(segment=SEGMENT), **caching))
+    torch.manual_seed(seed + 1)  # the same perturbation whatever the caching adds (its parameters come last)
+    for p in mixer.parameters():  # random, non-zero everything (gate inits are constants)
+        p.data.add_(0.1 * torch.randn_like(p))
+    return mixer.double()
+
+
+def inputs(mixer: MemoryMixer, length: int, seed: int = 1):
+    """The layer's ``(q, k, v, x)`` for a random input, as leaves."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, length, DIM, generator=g, dtype=torch.float64)
+    shape = (2, length, HEADS, mixer.head_dim)
+    q, k = (torch.nn.functional.normalize(torch.randn(shape, generator=g, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(shape, generator=g, dtype=torch.float64)
+    return [t.requires_grad_() for t in (q, k, v, x)]
+
+
+def frozen_read(rule, state, q, gates):
+    """``M(q)`` of ``state`` without a write, token by token (the recurrent rule with zero steps)."""
+    zero = {n: torch.zeros_like(g) if n in ("lr", "decay", "momentum") else g for n, g in gates.items()}
+    return memorize(q, q, torch.zeros_like(q), rule, initial_state=state, mode="recurrent", **zero)[0]
+
+
+def literal(mixer: MemoryMixer, q, k, v, x):
+    """Eq. 4–17 token by token: the online memory (recurrent rule), the cached states as a list, pools as means of
+    explicit token ranges, the softmax (and SSC's top-k) over explicit lists of scores."""
+    opts, rule = mixer.caching.options, mixer.rule
+    gates = mixer.gates(x, torch.ones(x.shape[:2], dtype=x.dtype))
+    if opts.aggregation == "residual":
+        u = p = None
+    elif opts.pool == "mean":
+        u, p = mixer.caching.u_proj(x).unsqueeze(2), x.unsqueeze(2)
+    else:
+        u = q if opts.gate_input == "q" else mixer.caching.u_proj(x).unflatten(-1, (HEADS, mixer.head_dim))
+        p = k
+    pool = (lambda tokens: tokens.mean(1)) if opts.pool == "mean" else (lambda tokens: tokens.sum(1))  # Eq. 10 / 16
+    online, cached, pools, outs = mixer.initial_state(), [], [], []
+    for t in range(q.shape[1]):
+        segment, position = divmod(t, opts.segment)
+        if position == 0 and t > 0:
+            cached.append(online)
+            pools.append(None if p is None else pool(p[:, t - opts.segment:t]))
+            if opts.init == "independent":
+                online = mixer.initial_state()
+        token = {n: g if n in ("feature_coeffs", "feature_scale") else g[:, t:t + 1] for n, g in gates.items()}
+        y, online = memorize(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], rule, initial_state=online,
+                             output_final_state=True, mode="recurrent", **token)
+        reads = [frozen_read(rule, state, q[:, t:t + 1], token) for state in cached]
+        if opts.aggregation == "residual":
+            outs.append(y + sum(reads) if reads else y)
+            continue
+        scores = [(u[:, t] * pool).sum(-1) for pool in pools]                      # [B, G] each
+        current = (u[:, t] * pool(p[:, segment * opts.segment:t + 1])).sum(-1)
+        if opts.aggregation == "sparse" and len(scores) > opts.top_k:
+            kth = torch.stack(scores).sort(0, descending=True).values[opts.top_k - 1]
+            scores = [torch.where(s >= kth, s, torch.full_like(s, -math.inf)) for s in scores]
+        gamma = torch.softmax(torch.stack(scores + [current]), 0)                   # [N + 1, B, G]
+        y = gamma[-1].unsqueeze(1).unsqueeze(-1) * y
+        for g, r in zip(gamma[:-1], reads):
+            y = y + g.unsqueeze(1).unsqueeze(-1) * r
+        outs.append(y)
+    if q.shape[1] % opts.segment == 0:  # the layer caches a segment as it ends
+        cached.append(online)
+    return torch.cat(outs, 1), online, cached
+
+
+def chunked(mixer, q, k, v, x):
+    out, entry = mixer.mix(q, k, v, x, torch.ones(x.shape[:2], dtype=x.dtype), None, True)
+    return out, entry
+
+
+CASES = [(rule, dict(aggregation=a, init=i)) for rule in RULES for a in ("residual", "gated", "sparse")
+         for i in ("checkpoint", "independent")]
+CASES += [("linear", dict(aggregation="soup")), ("titans-mlp", dict(aggregation="gated", pool="keys")),
+          ("linear", dict(aggregation="sparse", pool="keys", gate_input="q", top_k=1)),
+          ("yaad-mlp", dict(aggregation="gated", segment=12))]
+
+
+@pytest.mark.parametrize("rule,options", CASES, ids=[f"{r}-{'-'.join(map(str, o.values()))}" for r, o in CASES])
+@pytest.mark.parametrize("length", [29, 32])
+def test_segment_wise_equals_literal_reference(rule, options, length):
+    """Outputs, the online and cached states and every gradient (inputs and parameters), fp64, lengths on and off
+    the segment grid."""
+    mixer = layer(rule, **options)
+    q, k, v, x = inputs(mixer, length)
+    out, entry = chunked(mixer, q, k, v, x)
+    ref, online, cached = literal(mixer, q, k, v, x)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+    assert len(entry["cached"]) == len(cached) == length // mixer.caching.options.segment
+    for a, b in zip([entry["memory"], *entry["cached"]], [online, *cached]):
+        for wa, wb in zip(a.weights, b.weights):
+            torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-10)
+    weights = torch.randn_like(out)
+    leaves = [q, k, v, x, *mixer.parameters()]
+    grads = torch.autograd.grad((out * weights).sum(), leaves, allow_unused=True)
+    refs = torch.autograd.grad((ref * weights).sum(), leaves, allow_unused=True)
+    for name, g, r in zip(["q", "k", "v", "x", *(n for n, _ in mixer.named_parameters())], grads, refs):
+        assert (g is None) == (r is None), name
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("aggregation", ["residual", "gated", "sparse"])
+def test_causal_including_the_current_segment_gate(aggregation):
+    """Changing token t + 1 (inside the same segment as t, which the online gate pools) changes nothing at ≤ t."""
+    mixer = layer("titans-mlp", aggregation=aggregation, **({"top_k": 1} if aggregation == "sparse" else {}))
+    x = torch.randn(1, 30, DIM, dtype=torch.float64)
+    for t in (5, 12, 21):
+        y = x.clone()
+        y[:, t + 1:] += torch.randn_like(y[:, t + 1:])
+        a, b = mixer(x)[0], mixer(y)[0]
+        torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], rtol=0, atol=0)
+        assert not torch.allclose(a[:, t + 1], b[:, t + 1])
+
+
+@pytest.mark.parametrize("aggregation,init", [("gated", "checkpoint"), ("sparse", "independent"),
+                                              ("residual", "independent")])
+def test_decoding_equals_the_full_pass(aggregation, init):
+    """Prefill of a length off the segment grid, then one token at a time, through the model."""
+    memory = dict(preset_config("titans-lmm").memory, caching=dict(segment=16, aggregation=aggregation, init=init))
+    model = from_preset("titans-lmm", memory=memory).double().eval()
+    x = torch.randint(0, 256, (2, 61))
+    with torch.no_grad():
+        full = model(input_ids=x).logits
+        out = model(input_ids=x[:, :21], use_cache=True)
+        logits, cache = [out.logits], out.past_key_values
+        for t in range(21, 61):
+            out = model(input_ids=x[:, t:t + 1], past_key_values=cache, use_cache=True)
+            logits.append(out.logits)
+            cache = out.past_key_values
+    torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_one_segment_is_the_base_layer():
+    """A segment as long as the sequence caches nothing: the base memory layer's output."""
+    cached = layer("yaad-mlp", aggregation="gated", segment=32)
+    torch.manual_seed(0)
+    plain = MemoryMixer(DIM, HEADS, rule=cached.rule).double()
+    plain.load_state_dict({n: p for n, p in cached.state_dict().items() if not n.startswith("caching.")})
+    x = torch.randn(2, 29, DIM, dtype=torch.float64)
+    torch.testing.assert_close(cached(x)[0], plain(x)[0], rtol=0, atol=0)
+
+
+def test_residual_memory_of_independent_linear_compressors_is_linear_attention():
+    """RM, linear memory, no retention, independent segments from the zero state: ``Σ_i M^(i) + M_t = Σ_{j≤t} θ_j
+    v_j k_jᵀ`` (Eq. 13), the base memory's read."""
+    mixer = layer("linear", aggregation="residual", init="independent")
+    for w in mixer.initial:
+        w.data.zero_()
+    q, k, v, x = inputs(mixer, 29)
+    out, _ = chunked(mixer, q, k, v, x)
+    gates = mixer.gates(x, torch.ones(x.shape[:2], dtype=x.dtype))
+    base, _ = memorize(q, k, v, mixer.rule, initial_state=mixer.initial_state(), **gates)
+    torch.testing.assert_close(out, base, rtol=1e-10, atol=1e-12)
+
+
+def test_residual_memory_of_checkpointed_linear_memory_reweights_the_past():
+    """RM with checkpoints (and no retention) is one fixed-size read that weighs token j by ``1 + s − σ(j)`` for a
+    query in segment s (each later cached prefix state holds it again): Eq. 13's collapse, not the base."""
+    mixer = layer("linear", aggregation="residual", init="checkpoint")
+    for w in mixer.initial:
+        w.data.zero_()
+    q, k, v, x = inputs(mixer, 29)
+    out, _ = chunked(mixer, q, k, v, x)
+    lr = mixer.gates(x, torch.ones(x.shape[:2], dtype=x.dtype))["lr"]                     # [B, T, H]
+    seg = torch.arange(29) // SEGMENT
+    weight = (1 + seg.view(-1, 1) - seg.view(1, -1)).clamp(min=1) * (seg.view(1, -1) <= seg.view(-1, 1))
+    weight = weight * torch.ones(29, 29).tril()
+    expected = torch.einsum("tj,bjh,bthd,bjhd,bjhe->bthe", weight.double(), lr, q, k, v)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_gates_without_context_average_the_memories():
+    """GRM with ``W_u = 0``: γ uniform over the ``s + 1`` memories, so the output is RM's over ``s + 1``."""
+    gated, residual = layer("titans-mlp", aggregation="gated"), layer("titans-mlp", aggregation="residual")
+    gated.caching.u_proj.weight.data.zero_()
+    q, k, v, x = inputs(gated, 29)
+    count = 1 + torch.arange(29, dtype=torch.float64) // SEGMENT
+    torch.testing.assert_close(chunked(gated, q, k, v, x)[0],
+                               chunked(residual, q, k, v, x)[0] / count.view(1, -1, 1, 1))
+
+
+def test_soup_is_grm_for_a_matrix_memory_and_ssc_with_every_segment_is_grm():
+    q, k, v, x = inputs(layer("linear", aggregation="gated"), 29)
+    grm = chunked(layer("linear", aggregation="gated"), q, k, v, x)[0]
+    torch.testing.assert_close(chunked(layer("linear", aggregation="soup"), q, k, v, x)[0], grm)
+    torch.testing.assert_close(chunked(layer("linear", aggregation="sparse", top_k=3), q, k, v, x)[0], grm)
+
+
+@pytest.mark.parametrize("caching,field", [
+    (dict(aggregation="mean"), "aggregation"), (dict(segmentation="log"), "segmentation"),
+    (dict(init="zero"), "init"), (dict(aggregation="sparse", top_k=0), "top_k"),
+    (dict(aggregation="gated", top_k=2), "top_k"), (dict(segment=6), "segment"), (dict(segment=0), "segment"),
+    (dict(gate_input="q"), "gate_input"), (dict(pool="max"), "pool"), (dict(window=3), "window"),
+    (dict(aggregation="soup"), "soup")])
+def test_bad_options_fail_at_construction_naming_the_field(caching, field):
+    rule = MemoryRule(**RULES["titans-mlp"], chunk_size=CHUNK)
+    with pytest.raises(ValueError, match=field):
+        caching_options(caching, rule)
+    memory = dict(preset_config("titans-lmm").memory, caching=caching)
+    with pytest.raises(ValueError, match=field):
+        from_preset("titans-lmm", memory=memory)
+
+
+def test_a_cached_titans_learns():
+    """Loss falls on the embedded corpus with GRM caching (segments of 16 over 64-token batches)."""
+    from nestedmemory.data import shakespeare
+    torch.manual_seed(0)
+    memory = dict(preset_config("titans-lmm").memory, caching=dict(segment=16))
+    model = from_preset("titans-lmm", memory=memory)
+    data = torch.tensor(list(shakespeare(50_000).encode()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(60):
+        starts = torch.randint(0, len(data) - 65, (4,))
+        batch = torch.stack([data[s:s + 64] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
