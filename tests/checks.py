@@ -56,3 +56,9 @@ def mqar_accuracy_after_training(preset: str, steps: int = 400) -> float:
     model.eval()
     with torch.no_grad():
         return mqar.evaluate(model, n=256, seed=10 ** 6, batch_size=128, **task)["accuracy"]
+
+
+def frozen(gates: dict) -> dict:
+    """``gates`` with zero lr, decay and momentum: a ``memorize`` call then reads its initial state without changing
+    it (every retention but ``elastic``), the reference for ``memory.recall``."""
+    return {name: torch.zeros_like(g) if name in ("lr", "decay", "momentum") else g for name, g in gates.items()}

@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+from checks import assert_causal, decode, frozen
 
 from nestedmemory.layers import MemoryMixer
 from nestedmemory.layers.caching import caching_options
-from nestedmemory.memory import MemoryRule, memorize
+from nestedmemory.memory import MemoryRule, MemoryState, memorize, recall
+from nestedmemory.memory.catalog import all_rules, random_inputs
 from nestedmemory.models import from_preset, preset_config
 
 DIM, HEADS, CHUNK, SEGMENT = 16, 2, 4, 8
@@ -45,8 +47,7 @@ def inputs(mixer: MemoryMixer, length: int, seed: int = 1):
 
 def frozen_read(rule, state, q, gates):
     """``M(q)`` of ``state`` without a write, token by token (the recurrent rule with zero steps)."""
-    zero = {n: torch.zeros_like(g) if n in ("lr", "decay", "momentum") else g for n, g in gates.items()}
-    return memorize(q, q, torch.zeros_like(q), rule, initial_state=state, mode="recurrent", **zero)[0]
+    return memorize(q, q, torch.zeros_like(q), rule, initial_state=state, mode="recurrent", **frozen(gates))[0]
 
 
 def literal(mixer: MemoryMixer, q, k, v, x):
@@ -134,29 +135,20 @@ def test_causal_including_the_current_segment_gate(aggregation):
     mixer = layer("titans-mlp", aggregation=aggregation, **({"top_k": 1} if aggregation == "sparse" else {}))
     x = torch.randn(1, 30, DIM, dtype=torch.float64)
     for t in (5, 12, 21):
-        y = x.clone()
-        y[:, t + 1:] += torch.randn_like(y[:, t + 1:])
-        a, b = mixer(x)[0], mixer(y)[0]
-        torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], rtol=0, atol=0)
-        assert not torch.allclose(a[:, t + 1], b[:, t + 1])
+        assert_causal(mixer, x, t + 1)
 
 
 @pytest.mark.parametrize("aggregation,init", [("gated", "checkpoint"), ("sparse", "independent"),
                                               ("residual", "independent")])
 def test_decoding_equals_the_full_pass(aggregation, init):
-    """Prefill of a length off the segment grid, then one token at a time, through the model."""
+    """Prefill of a length off the segment grid, then one token at a time, then a piece across a segment boundary,
+    through the model."""
     memory = dict(preset_config("titans-lmm").memory, caching=dict(segment=16, aggregation=aggregation, init=init))
     model = from_preset("titans-lmm", memory=memory).double().eval()
     x = torch.randint(0, 256, (2, 61))
     with torch.no_grad():
-        full = model(input_ids=x).logits
-        out = model(input_ids=x[:, :21], use_cache=True)
-        logits, cache = [out.logits], out.past_key_values
-        for t in range(21, 61):
-            out = model(input_ids=x[:, t:t + 1], past_key_values=cache, use_cache=True)
-            logits.append(out.logits)
-            cache = out.past_key_values
-    torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-10, atol=1e-10)
+        logits, _ = decode(model, x, [21] + [1] * 20 + [20])
+        torch.testing.assert_close(logits, model(input_ids=x).logits, rtol=1e-10, atol=1e-10)
 
 
 def test_one_segment_is_the_base_layer():
@@ -248,3 +240,29 @@ def test_a_cached_titans_learns():
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+RECALL_RULES = [*(r for r in all_rules() if r.retention != "elastic"), MemoryRule(memory="mlp", feature_map="poly", objective="l2", retention="decay",
+                                          learner="muon", layernorm=True, chunk_size=4),
+                MemoryRule(memory="mlp", gated=True, objective="l2", retention="decay", learner="gd", chunk_size=4),
+                MemoryRule(memory="linear", feature_map="exp", objective="l2", retention="none", learner="gd",
+                           chunk_size=4)]
+
+
+@pytest.mark.parametrize("rule", RECALL_RULES, ids=lambda r: f"{r.memory}-{r.objective}-{r.retention}-{r.learner}"
+                         f"-{r.feature_map}")
+def test_recall_is_the_frozen_read_of_every_rule(rule):
+    """``memory.recall`` (the cached reads) equals ``memorize``'s read with zero lr, decay and momentum, for every
+    rule's chunk-boundary state (Moneta's accumulator and Memora's logits included), and reads a stack of states.
+    (``elastic`` is left out: its soft threshold shrinks the memory even with zero steps, so that call is no read.)"""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, gates = random_inputs(rule, 2, 12, 2, 4, generator=g)
+    states = [memorize(q[:, :n], k[:, :n], v[:, :n], rule, output_final_state=True,
+                       **{name: x[:, :n] for name, x in gates.items()})[1] for n in (4, 8)]
+    stack = None if rule.feature_map == "exp" else \
+        MemoryState(weights=[torch.stack(w) for w in zip(*(s.weights for s in states))])
+    for n, state in enumerate(states):
+        read = memorize(q, k, v, rule, initial_state=state, **frozen(gates))[0]
+        torch.testing.assert_close(recall(q, rule, state), read, rtol=1e-12, atol=1e-12)
+        if stack is not None:
+            torch.testing.assert_close(recall(q, rule, stack)[n], read, rtol=1e-12, atol=1e-12)

@@ -7,12 +7,11 @@ import math
 from types import MethodType
 
 import pytest
-from checks import assert_causal
+from checks import assert_causal, frozen
 import torch
 
 from nestedmemory.data import shakespeare
 from nestedmemory.layers import LayerStates, TNTMemory
-from nestedmemory.layers.memory import frozen
 from nestedmemory.layers.tnt import project_queries
 from nestedmemory.memory import MemoryRule, memorize
 from nestedmemory.models import from_preset, preset_config

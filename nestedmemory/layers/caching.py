@@ -108,9 +108,9 @@ def aggregate(options: Caching, online, cached, cached_scores, online_score):
     return gamma[-1] * online + (gamma[:-1] * cached).sum(0)
 
 
-def _stack(states: list[MemoryState]) -> list[torch.Tensor]:
-    """The cached states' weights stacked ``[N, B, H, in, out]`` (one ``recall`` reads them all)."""
-    return [torch.stack(w) for w in zip(*(s.weights for s in states))]
+def _stack(states: list[MemoryState]) -> MemoryState:
+    """The cached (chunk-boundary) states as one, weights ``[N, B, H, in, out]``: one ``recall`` reads them all."""
+    return MemoryState(weights=[torch.stack(w) for w in zip(*(s.weights for s in states))])
 
 
 class MemoryCaching(nn.Module):

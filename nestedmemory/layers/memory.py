@@ -15,18 +15,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..memory import MemoryRule, MemoryState, memorize
+from ..memory import MemoryRule, MemoryState, memorize, recall
 from ..memory.nets import default_poly_coeffs
 from .cache import LayerStates
 from .caching import MemoryCaching
 from .common import (Gate, RMSNorm, ShortConvolution, head_layout, keep_init, padded_output, real_tokens,
                      residual_output)
-
-
-def frozen(gates: dict) -> dict:
-    """``gates`` with zero lr, decay and momentum: a ``memorize`` call then reads its initial state without
-    changing it, for every rule (Titans Eq. 15, "forward pass without weight update")."""
-    return {name: torch.zeros_like(g) if name in ("lr", "decay", "momentum") else g for name, g in gates.items()}
 
 
 #: the momentum gate's bound η < 0.95: the outer loop drove an unbounded gate to η = 0.996 with θ = 0.037, an
@@ -74,15 +68,15 @@ def window_gates(dim: int, num_heads: int, rule: MemoryRule) -> Gate:
     return Gate(dim, num_heads * rule.window, init=0.5 * scale, scale=scale)
 
 
-def exp_kernel_scale(rule: MemoryRule, scale, lr):
-    """The ``exp`` kernel's inverse temperature and step: ``(s, θ_t)`` with ``s`` ``[H]`` from the layer and the
-    lr gate ``θ̃_t``. Queries and keys are unit vectors, so without ``s`` the kernel ``exp(q·k)`` lies in
+def exp_kernel_step(rule: MemoryRule, scale, lr):
+    """The ``exp`` kernel's step ``θ_t`` for its inverse temperature ``s`` ``[H]`` (from the layer) and the lr gate
+    ``θ̃_t``. Queries and keys are unit vectors, so without ``s`` the kernel ``exp(q·k)`` lies in
     ``[e⁻¹, e]`` and an exactly matching key among 64 random ones gets 4% of the read: DeepTransformers / SWDT /
     Dot could not recall. ``s`` (``memorize``'s ``feature_scale``: ``exp(s q·k)``, reads and writes alike) is
     learned per head from ``sqrt(head_dim)``, the logit a matching key gets in softmax attention with unit-variance
     entries (``q·k/√d = √d``). The key's squared norm in feature space is ``‖φ*(√s k)‖² = exp(s ‖k‖²) = e^s``
     (:func:`normalised_step`: unnormalised, ``θ̃ e^s`` reached 2.7 at ``s = 4`` and a repeated key diverged)."""
-    return scale, normalised_step(rule, torch.exp(scale), lr)
+    return normalised_step(rule, torch.exp(scale), lr)
 
 
 def normalised_step(rule: MemoryRule, key_sq_norm, lr):
@@ -145,7 +139,7 @@ class RuleParameters(nn.Module):
         if rule.feature_map == "poly":  # a_i = softplus(ρ_i), initialised at 1/i! (Atlas Eq. 5)
             a = default_poly_coeffs(rule.degree)
             self.poly = nn.Parameter(torch.log(torch.expm1(a)).expand(num_heads, -1).clone())
-        if rule.feature_map == "exp":  # s = softplus(σ) per head (:func:`exp_kernel_scale`)
+        if rule.feature_map == "exp":  # s = softplus(σ) per head (:func:`exp_kernel_step`)
             s = math.sqrt(head_dim) if exp_scale_init is None else exp_scale_init
             self.exp_scale = nn.Parameter(torch.full((num_heads,), inverse_softplus(s)))
             self.register_load_state_dict_pre_hook(_unit_exp_scale)
@@ -186,13 +180,21 @@ class RuleParameters(nn.Module):
             out["shift"] = F.softplus(self.shift(x))
         if self.window is not None:
             out["window_gates"] = self.window(x).unflatten(-1, (self.heads, self.rule.window))
-        if self.rule.feature_map == "poly":
-            out["feature_coeffs"] = coeffs = F.softplus(self.poly)
-            if self.poly_normalised_step:
-                out["lr"] = normalised_step(self.rule, coeffs.sum(-1), out["lr"])
-        if self.rule.feature_map == "exp":
-            out["feature_scale"], out["lr"] = exp_kernel_scale(self.rule, F.softplus(self.exp_scale), out["lr"])
+        out.update(self.feature_parameters())
+        if "feature_coeffs" in out and self.poly_normalised_step:
+            out["lr"] = normalised_step(self.rule, out["feature_coeffs"].sum(-1), out["lr"])
+        if "feature_scale" in out:
+            out["lr"] = exp_kernel_step(self.rule, out["feature_scale"], out["lr"])
         return out
+
+    def feature_parameters(self) -> dict:
+        """``memorize`` / ``recall``'s feature arguments: ``poly``'s ``a_i = softplus(ρ_i)``, the ``exp`` kernel's
+        ``s = softplus(σ)`` per head (none for other rules)."""
+        if self.rule.feature_map == "poly":
+            return {"feature_coeffs": F.softplus(self.poly)}
+        if self.rule.feature_map == "exp":
+            return {"feature_scale": F.softplus(self.exp_scale)}
+        return {}
 
 
 class MemoryMixer(RuleParameters):
@@ -212,7 +214,7 @@ class MemoryMixer(RuleParameters):
     window gates lie in ``(0, 1/c)``, Muon's in ``(0, 1)`` (:func:`window_gates`). The ``exp`` kernel memory learns
     an inverse temperature per head, ``exp(s q·k)``, from ``exp_scale_init`` (default ``sqrt(head_dim)``; ``1``
     starts from the unscaled kernel of earlier versions, which is what a state dict without it loads with), and
-    normalises a delta step by ``e^s`` (:func:`exp_kernel_scale`). The ``poly`` memory's step is normalised by its
+    normalises a delta step by ``e^s`` (:func:`exp_kernel_step`). The ``poly`` memory's step is normalised by its
     keys' squared feature norm ``Σ_i a_i`` (:func:`normalised_step`; ``poly_normalised_step=False``: the earlier
     step, under which a trained OmegaNet's repeated key diverged)."""
 
@@ -294,14 +296,12 @@ class MemoryMixer(RuleParameters):
     def read(self, x, state: MemoryState):
         """``M*(x)``: ``state`` read at the queries of ``x`` ``[B, N, dim]`` *without* a write (Titans Eq. 15/21,
         "forward pass without weight update"), through the layer's query and output paths. ``x`` has no time axis,
-        so the query skips the causal conv; zero lr, decay and momentum leave every rule's state unchanged."""
+        so the query skips the causal conv (``memory.recall``)."""
         b, n, _ = x.shape
         q = self.q_proj(x)
         q = F.silu(q) if self.activation == "silu" else q
         q = F.normalize(q.unflatten(-1, (self.heads, self.head_dim)), dim=-1)
-        out, _ = memorize(q, q, torch.zeros_like(q), self.rule, initial_state=state,
-                          **frozen(self.gates(x, x.new_ones(b, n))))
-        return self._output(out, x)
+        return self._output(recall(q, self.rule, state, **self.feature_parameters()), x)
 
 
 def NeuralMemory(dim: int, num_heads: int, head_dim: int | None = None, chunk_size: int = 64, depth: int = 2,

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..memory import MemoryRule, memorize
-from .memory import MemoryMixer, RuleParameters, frozen
+from ..memory import MemoryRule, memorize, recall
+from .memory import MemoryMixer, RuleParameters
 
 #: token block of the chunk-parallel Q-K projector (any size gives the same result).
 PROJECTOR_BLOCK = 64
@@ -170,7 +170,7 @@ class TNTMemory(MemoryMixer):
 
     def global_read(self, q, k, v, x, real, cache, use_cache):
         """``f(V_{ξ(t, C_G)}, q_t)`` (Eq. 7) while writing with Eq. 5, one global chunk at a time: each stretch up
-        to the next chunk boundary is read at the chunk-start state (a write-free ``memorize``), then written.
+        to the next chunk boundary is read at the chunk-start state (``recall``), then written.
         Returns the reads and ``{"memory", "start"}``."""
         state = self.initial_state() if cache is None else cache["memory"]
         start = state if cache is None else cache["start"]
@@ -180,8 +180,7 @@ class TNTMemory(MemoryMixer):
             b = min(t, a + self.rule.chunk_size - state.offset)
             piece = _tokens(gates, lambda g, a=a, b=b: g[:, a:b])
             qs = q[:, a:b]
-            reads.append(memorize(qs, qs, torch.zeros_like(v[:, a:b]), self.rule, initial_state=start,
-                                  **frozen(piece))[0])
+            reads.append(recall(qs, self.rule, start, **self.feature_parameters()))
             if b < t or use_cache:  # the last stretch's write only matters to a cache
                 _, state = memorize(qs, k[:, a:b], v[:, a:b], self.rule, initial_state=state,
                                     output_final_state=True, **piece)

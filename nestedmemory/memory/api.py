@@ -83,24 +83,28 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
     return out, state
 
 
-def recall(q, rule: MemoryRule, weights, *, feature_coeffs=None, feature_scale=None):
-    """``M(q_t)`` ``[..., B, T, H, Dv]``: the memory ``weights`` of a chunk-boundary state (``MemoryState.weights``)
-    read at the queries ``q`` ``[B, T, H, D]`` without a write (Titans Eq. 15, "forward pass without weight
-    update"), through the rule's feature map and memory (Moneta's / Memora's maps included, ``memory_of``). Axes
-    before ``[B, H]`` of the weights broadcast: a stack of ``N`` states ``[N, B, H, in, out]`` is read in one call.
-    Equals ``memorize``'s read with zero lr, decay and momentum; memory math in at least fp32."""
+def recall(q, rule: MemoryRule, state: MemoryState, *, feature_coeffs=None, feature_scale=None):
+    """``M(q_t)`` ``[..., B, T, H, Dv]``: the memory of ``state`` read at the queries ``q`` ``[B, T, H, D]`` without
+    a write (Titans Eq. 15, "forward pass without weight update"), through the rule's feature map and memory (at a
+    chunk boundary Moneta's accumulator and Memora's logits through their maps, ``memory_of``). Axes before
+    ``[B, H]`` of the state's weights broadcast: a stack of ``N`` states ``[N, B, H, in, out]`` is read in one call.
+    Equals ``memorize``'s read with zero lr, decay and momentum for every retention but ``elastic`` (whose soft
+    threshold shrinks the memory even then); memory math in at least fp32."""
     if not isinstance(rule, MemoryRule):
         raise TypeError(f"rule must be a MemoryRule, got {type(rule).__name__}")
+    if not isinstance(state, MemoryState):
+        raise TypeError(f"state must be a MemoryState, got {type(state).__name__}")
     _check_qkv(q, q, q)
     dtype = torch.promote_types(q.dtype, torch.float32)
     features = _features(rule, feature_coeffs, feature_scale, q, dtype)
     q_raw = q.transpose(1, 2).to(dtype)
-    weights = [w.to(dtype) for w in weights]
+    weights = [w.to(dtype) for w in state.weights]
+    weights = memory_of(rule, weights) if state.offset == 0 else weights
     with torch.autocast(device_type=q.device.type, enabled=False):
         if rule.feature_map == "exp":
             out = kernel.read(weights, features(q_raw))
         else:
-            out = forward(rule, features(q_raw), q_raw, explicit(memory_of(rule, weights)))[0]
+            out = forward(rule, features(q_raw), q_raw, explicit(weights))[0]
     return out.transpose(-2, -3).to(q.dtype)
 
 
