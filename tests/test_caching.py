@@ -12,6 +12,7 @@ from nestedmemory.layers import MemoryMixer
 from nestedmemory.layers.caching import caching_options
 from nestedmemory.memory import MemoryRule, MemoryState, memorize, recall
 from nestedmemory.memory.catalog import all_rules, random_inputs
+from nestedmemory.memory.maps import memory_of
 from nestedmemory.models import from_preset, preset_config
 
 DIM, HEADS, CHUNK, SEGMENT = 16, 2, 4, 8
@@ -84,6 +85,13 @@ def literal(mixer: MemoryMixer, q, k, v, x):
             kth = torch.stack(scores).sort(0, descending=True).values[opts.top_k - 1]
             scores = [torch.where(s >= kth, s, torch.full_like(s, -math.inf)) for s in scores]
         gamma = torch.softmax(torch.stack(scores + [current]), 0)                   # [N + 1, B, G]
+        if opts.aggregation == "soup":  # Eq. 14–15: read the γ-weighted sum of the memories' parameters
+            weights = [gamma[-1].view(*gamma.shape[1:], 1, 1) * w for w in
+                       (memory_of(rule, online.weights) if online.offset == 0 else online.weights)]
+            for g, state in zip(gamma[:-1], cached):
+                weights = [a + g.view(*g.shape, 1, 1) * b for a, b in zip(weights, memory_of(rule, state.weights))]
+            outs.append(recall(q[:, t:t + 1], rule, MemoryState(weights=weights, offset=1)))  # the weights as read
+            continue
         y = gamma[-1].unsqueeze(1).unsqueeze(-1) * y
         for g, r in zip(gamma[:-1], reads):
             y = y + g.unsqueeze(1).unsqueeze(-1) * r
@@ -100,7 +108,8 @@ def chunked(mixer, q, k, v, x):
 
 CASES = [(rule, dict(aggregation=a, init=i)) for rule in RULES for a in ("residual", "gated", "sparse")
          for i in ("checkpoint", "independent")]
-CASES += [("linear", dict(aggregation="soup")), ("titans-mlp", dict(aggregation="gated", pool="keys")),
+CASES += [("linear", dict(aggregation="soup")), ("titans-mlp", dict(aggregation="soup")),
+          ("yaad-mlp", dict(aggregation="soup", init="independent", pool="keys")), ("titans-mlp", dict(aggregation="gated", pool="keys")),
           ("linear", dict(aggregation="sparse", pool="keys", gate_input="q", top_k=1)),
           ("yaad-mlp", dict(aggregation="gated", segment=12))]
 
@@ -200,19 +209,23 @@ def test_gates_without_context_average_the_memories():
                                chunked(residual, q, k, v, x)[0] / count.view(1, -1, 1, 1))
 
 
-def test_soup_is_grm_for_a_matrix_memory_and_ssc_with_every_segment_is_grm():
+def test_soup_is_grm_for_a_matrix_memory_only_and_ssc_with_every_segment_is_grm():
+    """Soup reads the interpolated parameters, GRM interpolates the reads: the same for a matrix memory (Eq. 13),
+    different for an MLP memory (MC §3.3)."""
     q, k, v, x = inputs(layer("linear", aggregation="gated"), 29)
     grm = chunked(layer("linear", aggregation="gated"), q, k, v, x)[0]
     torch.testing.assert_close(chunked(layer("linear", aggregation="soup"), q, k, v, x)[0], grm)
     torch.testing.assert_close(chunked(layer("linear", aggregation="sparse", top_k=3), q, k, v, x)[0], grm)
+    grm, soup = (chunked(layer("titans-mlp", aggregation=a), q, k, v, x)[0] for a in ("gated", "soup"))
+    torch.testing.assert_close(grm[:, :SEGMENT], soup[:, :SEGMENT])  # nothing cached yet: both the online read
+    assert (grm[:, SEGMENT:] - soup[:, SEGMENT:]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("caching,field", [
     (dict(aggregation="mean"), "aggregation"), (dict(segmentation="log"), "segmentation"),
     (dict(init="zero"), "init"), (dict(aggregation="sparse", top_k=0), "top_k"),
     (dict(aggregation="gated", top_k=2), "top_k"), (dict(segment=6), "segment"), (dict(segment=0), "segment"),
-    (dict(gate_input="q"), "gate_input"), (dict(pool="max"), "pool"), (dict(window=3), "window"),
-    (dict(aggregation="soup"), "soup")])
+    (dict(gate_input="q"), "gate_input"), (dict(pool="max"), "pool"), (dict(window=3), "window")])
 def test_bad_options_fail_at_construction_naming_the_field(caching, field):
     rule = MemoryRule(**RULES["titans-mlp"], chunk_size=CHUNK)
     with pytest.raises(ValueError, match=field):
@@ -266,3 +279,24 @@ def test_recall_is_the_frozen_read_of_every_rule(rule):
         torch.testing.assert_close(recall(q, rule, state), read, rtol=1e-12, atol=1e-12)
         if stack is not None:
             torch.testing.assert_close(recall(q, rule, stack)[n], read, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", [r for r in RECALL_RULES if r.feature_map != "exp"],
+                         ids=lambda r: f"{r.memory}-{r.objective}-{r.retention}-{r.learner}-{r.feature_map}")
+def test_soup_read_chunked_equals_token_by_token(rule):
+    """``memorize``'s ``soup`` (the read of ``γ_t W_t + Σ_n γ_{t,n} W^(n)``) in the chunk-parallel path equals the
+    literal token-by-token one for every rule (each learner's dual form), outputs and gradients, off the chunk grid."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, gates = random_inputs(rule, 2, 11, 2, 4, generator=g)
+    states = [memorize(q[:, :n], k[:, :n], v[:, :n], rule, output_final_state=True,
+                       **{name: x[:, :n] for name, x in gates.items()})[1] for n in (4, 8)]
+    cached = MemoryState(weights=[torch.stack(w).requires_grad_() for w in zip(*(s.weights for s in states))])
+    gamma = torch.softmax(torch.randn(3, 2, 11, 2, dtype=torch.float64, generator=g), 0).requires_grad_()
+    soup = (gamma[-1], cached, gamma[:-1])
+    a = memorize(q, k, v, rule, soup=soup, **gates)[0]
+    b = memorize(q, k, v, rule, soup=soup, mode="recurrent", **gates)[0]
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(a)
+    leaves = [gamma, *cached.weights]
+    for ga, gb in zip(torch.autograd.grad((a * w).sum(), leaves), torch.autograd.grad((b * w).sum(), leaves)):
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-11)

@@ -8,8 +8,9 @@ cached, and every later token reads the cached memories beside the online one (E
 - ``gated`` (GRM, Eq. 8–10): ``y_t = Σ_{i≤s} γ_t^{(i)} M^{(i)}(q_t)``, ``γ_t = softmax_i ⟨u_t, pool(S^{(i)})⟩``,
   ``u_t = x_t W_u`` (or ``q_t``); the online term pools the current segment's tokens **up to t only** (a prefix
   mean): pooling the whole segment would leak the future into ``γ_t^{(s)}``;
-- ``soup`` (Eq. 14–15): the cached parameters interpolated with the same ``γ``, then read — equal to GRM for a
-  matrix memory, which is the only memory it is built for so far;
+- ``soup`` (Eq. 14–15): the parameters interpolated with the same ``γ`` — the online memory's ``W_t`` of every
+  token with the cached ones — then read (``memorize``'s ``soup``: inside the chunk-parallel read, each layer's
+  ``h θ*_t`` is ``γ_t (h W_t) + Σ_n γ_{t,n} (h W^{(n)})``); equal to GRM for a matrix memory, not for a deep one;
 - ``sparse`` (SSC, Eq. 16–17): the router keeps the ``top_k`` cached segments of largest ``⟨u_t, pool⟩`` and the
   softmax runs over them and the online memory.
 
@@ -75,10 +76,6 @@ class Caching:
                              "pool='keys'")
         if rule.feature_map == "exp":
             raise ValueError("caching is not built for the exp kernel memory (its state grows with every write)")
-        if self.aggregation == "soup" and not (rule.memory == "linear" and not rule.layernorm
-                                                and rule.feature_map != "exp"):
-            raise ValueError("caching.aggregation='soup' is built for matrix memories (where it equals 'gated'); "
-                             "interpolating a deep memory's parameters is not built yet")
         return Caching(segment, self.aggregation, self.segmentation, self.init, top_k, self.gate_input, self.pool)
 
 
@@ -96,8 +93,8 @@ def caching_options(caching, rule: MemoryRule) -> Caching:
 
 def aggregate(options: Caching, online, cached, cached_scores, online_score):
     """``y_t`` from the online read ``[B, T, H, Dv]``, the cached reads ``[N, B, T, H, Dv]`` and the gate scores
-    ``[N, B, T, G]`` / ``[B, T, G]`` (``G`` = 1 or H): RM sums the reads; GRM / Soup weight them by the softmax of
-    the scores (Eq. 10); SSC first keeps each token's ``top_k`` cached scores (Eq. 17)."""
+    ``[N, B, T, G]`` / ``[B, T, G]`` (``G`` = 1 or H): RM sums the reads; GRM weights them by the softmax of the
+    scores (Eq. 10); SSC first keeps each token's ``top_k`` cached scores (Eq. 17)."""
     if options.aggregation == "residual":
         return online + cached.sum(0)
     if options.aggregation == "sparse" and cached.shape[0] > options.top_k:
@@ -155,17 +152,22 @@ class MemoryCaching(nn.Module):
             piece_gates = {name: g if name in ("feature_coeffs", "feature_scale") else g[:, piece]
                            for name, g in gates.items()}
             ends = position + stop - start == segment
-            read, online = memorize(q[:, piece], k[:, piece], v[:, piece], layer.rule, initial_state=online,
-                                    output_final_state=use_cache or ends, **piece_gates)
             if gated:
                 sums = p[:, piece].cumsum(1) + (0 if prefix is None else prefix.unsqueeze(1))
                 counts = torch.arange(position + 1, position + stop - start + 1, device=q.device, dtype=q.dtype)
                 pooled = sums / counts.view(1, -1, 1, 1) if self.options.pool == "mean" else sums
                 online_score = (u[:, piece] * pooled).sum(-1)
                 prefix = sums[:, -1]
-            if cached:
+            scores = torch.einsum("btgp,bngp->nbtg", u[:, piece], pools) if gated and cached else None
+            soup = None
+            if cached and self.options.aggregation == "soup":  # Eq. 14–15: the read of the interpolated memory
+                gamma = torch.softmax(torch.cat([scores, online_score.unsqueeze(0)]), 0)
+                gamma = gamma.expand(*gamma.shape[:-1], layer.heads)
+                soup = (gamma[-1], _stack(cached), gamma[:-1])
+            read, online = memorize(q[:, piece], k[:, piece], v[:, piece], layer.rule, initial_state=online,
+                                    output_final_state=use_cache or ends, soup=soup, **piece_gates)
+            if cached and soup is None:
                 stacked = recall(q[:, piece], layer.rule, _stack(cached), **features)
-                scores = torch.einsum("btgp,bngp->nbtg", u[:, piece], pools) if gated else None
                 read = aggregate(self.options, read, stacked, scores, online_score)
             outs.append(read)
             position = position + stop - start

@@ -32,6 +32,7 @@ class Stream:
     momentum: torch.Tensor | None
     window: torch.Tensor | None
     halo: int
+    soup: tuple | None = None
 
     def token_kwargs(self, index):
         """Objective arguments (Huber threshold, value shift) of the stream positions ``index``."""
@@ -41,7 +42,7 @@ class Stream:
 
 def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, threshold=None, shift=None,
              window_gates=None, feature_coeffs=None, feature_scale=None, initial_state: MemoryState | None = None,
-             output_final_state: bool = False, mode: str = "chunked"):
+             output_final_state: bool = False, mode: str = "chunked", soup=None):
     """Write ``(k_t, v_t)`` into the memory and read it with ``q_t`` after each write (SPEC §2.2).
 
     ``q, k``: ``[B, T, H, D]``; ``v``: ``[B, T, H, Dv]``. Gates are ``[B, T, H]`` (per head) or
@@ -53,6 +54,9 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
     ``feature_scale`` = ``s`` of the ``exp`` map, a float or ``[H]``, ``s > 0`` (default 1): keys and queries enter
     ``φ*`` as ``√s x``, so the kernel is ``φ*(√s q)·φ*(√s k) = exp(s q·k)`` (an inverse temperature, as
     softmax attention's ``1/√d``) in the reads and in the writes alike; the state stores the scaled keys.
+    ``soup = (γ [B, T, H], cached, γ_n [N, B, T, H])`` reads Memory Soup's per-token memory
+    ``γ_t W_t + Σ_n γ_{t,n} W^{(n)}`` instead of ``W_t`` (MC Eq. 14–15), ``cached`` a :class:`MemoryState` of
+    ``N`` chunk-boundary states stacked ``[N, B, H, in, out]`` (Memory Caching's cached memories); writes unchanged.
 
     Returns ``(o, final_state)`` with ``o``: ``[B, T, H, Dv]`` in ``q.dtype`` (memory math runs in at least
     fp32) and ``final_state`` a :class:`MemoryState` (``None`` unless ``output_final_state``). Both modes
@@ -66,6 +70,8 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
     stream, state = _prepare(q, k, v, rule, lr=lr, decay=decay, momentum=momentum, threshold=threshold,
                              shift=shift, window_gates=window_gates, feature_coeffs=feature_coeffs,
                              feature_scale=feature_scale, initial_state=initial_state)
+    if soup is not None:
+        stream.soup = _soup(soup, rule, q, stream.q.dtype)
     if rule.feature_map == "exp":
         run = kernel.run_recurrent if mode == "recurrent" else kernel.run_chunked
     else:
@@ -109,6 +115,23 @@ def recall(q, rule: MemoryRule, state: MemoryState, *, feature_coeffs=None, feat
 
 
 # ---------------------------------------------------------------------------------------------- checks
+def _soup(soup, rule, q, dtype):
+    """``memorize``'s ``soup`` checked, in the internal layout ``(γ [B, H, T, 1], γ_n [B, H, T, N], weights)``."""
+    b, t, h, _ = q.shape
+    if rule.feature_map == "exp":
+        raise ValueError("soup is not built for the exp kernel memory (its states hold different numbers of keys)")
+    if not (isinstance(soup, tuple) and len(soup) == 3 and isinstance(soup[1], MemoryState)):
+        raise TypeError("soup must be a tuple (gamma [B, T, H], cached MemoryState, gammas [N, B, T, H])")
+    gamma, cached, gammas = soup
+    n = gammas.shape[0] if isinstance(gammas, torch.Tensor) else None
+    if not isinstance(gamma, torch.Tensor) or tuple(gamma.shape) != (b, t, h) or n is None \
+            or tuple(gammas.shape) != (n, b, t, h) or any(w.dim() != 5 or w.shape[0] != n for w in cached.weights):
+        raise ValueError(f"soup needs gamma [{b}, {t}, {h}], gammas [N, {b}, {t}, {h}] and cached weights "
+                         "[N, B, H, in, out]")
+    weights = memory_of(rule, [w.to(dtype) for w in cached.weights])
+    return gamma.permute(0, 2, 1).unsqueeze(-1).to(dtype), gammas.permute(1, 3, 2, 0).to(dtype), weights
+
+
 def _check_qkv(q, k, v):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):

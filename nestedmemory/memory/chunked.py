@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .maps import chunk_end, dgd_scale, lag_step, memory_of, newton_schulz
-from .nets import explicit, forward, write_factors
+from .nets import explicit, forward, souped, write_factors
 from .objectives import output_grad
 
 
@@ -67,6 +67,8 @@ def run(rule, s, state, *, factors_at=None, segments=None):
     writes = {name: chunks(x) for name, x in _write_tokens(rule, s, off, c, n_chunks, grid).items()}
     coef = {name: chunks(x) for name, x in coef.items()}
     q, q_raw, lr, retain = chunks(grid(s.q)), chunks(grid(s.q_raw)), chunks(lr), chunks(retain)
+    soup = None if s.soup is None else (chunks(grid(s.soup[0])), [g.movedim(-1, 0).unsqueeze(-1) for g in
+                                                                   chunks(grid(s.soup[1]))])
 
     weights, momentum = list(state.weights), state.momentum
     anchor, lag_acc, lag_decay = state.anchor, state.lag_acc, state.lag_decay
@@ -82,6 +84,8 @@ def run(rule, s, state, *, factors_at=None, segments=None):
             anchor = weights
         factors = factors_at(rule, anchor, {name: x[n] for name, x in writes.items()})
         chunk_coef = {name: x[n] for name, x in coef.items()}
+        if soup is not None:
+            chunk_coef["soup"] = (soup[0][n], soup[1][n], s.soup[2])
         out, weights, momentum = segments[rule.learner](rule, q[n], q_raw[n], weights, momentum,
                                                         factors, chunk_coef)
         outs.append(out)
@@ -222,7 +226,7 @@ def _linear_segment(rule, q, q_raw, weights, momentum, factors, coef):
             z = z + _rows(f) * (r @ momentum[layer])
         return z
 
-    out, _ = forward(rule, q, q_raw, mm)
+    out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
     new_w = []
     for layer, (x, delta) in enumerate(factors):
         w = _last(beta) * weights[layer] + _end(g[..., -1, :], x, delta)
@@ -278,7 +282,7 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
             z = z + d_m * (r @ momentum[layer]) - (scores * c["dp"]) @ delta
         return z
 
-    out, _ = forward(rule, q, q_raw, mm)
+    out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
     new_w, new_s = [], momentum
     for (x, delta), w, c in zip(factors, weights, per_layer):
         new_w.append(beta[..., -1:, None] * w - x.transpose(-1, -2) @ (c["d_theta"][..., -1, :].unsqueeze(-1) * c["u"]))
@@ -315,7 +319,7 @@ def _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef):
     def mm(layer, r):
         return (r.unsqueeze(-2) @ per_token[layer]).squeeze(-2)
 
-    out, _ = forward(rule, q, q_raw, mm)
+    out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
     return out, [w[:, :, -1].clone() for w in per_token], new_s
 
 

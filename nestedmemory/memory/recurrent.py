@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from .maps import chunk_end, dgd_scale, lag_step, memory_of, newton_schulz
-from .nets import explicit, forward
+from .nets import explicit, forward, souped
 from .objectives import loss
 
 
@@ -40,7 +40,9 @@ def run(rule, s, state):
             weights, momentum = learn(rule, weights, momentum, grads, inputs, lr, retain, mom)
             if lag_decay is not None:
                 lag_decay = lag_decay * retain
-        out, _ = forward(rule, s.q[:, :, j:j + 1], s.q_raw[:, :, j:j + 1], explicit(weights))
+        soup = None if s.soup is None else (s.soup[0][:, :, j:j + 1], s.soup[1][:, :, j:j + 1].movedim(-1, 0)
+                                            .unsqueeze(-1), s.soup[2])
+        out, _ = forward(rule, s.q[:, :, j:j + 1], s.q_raw[:, :, j:j + 1], souped(explicit(weights), soup))
         outs.append(out)
         offset += 1
         if offset == rule.chunk_size:

@@ -11,8 +11,8 @@ mini-batch 16; the baselines as matrix memories: linear attention (dot, GD), Del
 DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD). Hope = self-modifying Titans → CMS and
 Hope-Attention = attention → CMS (NL §8.3); TNT = a global memory (chunk 2K) + a local memory (chunk 16, reset every
 2K tokens) with Q-K projection, Titans' MLP with plain GD as in TNT's experiments (TNT §7.2-7.4). Memory Caching
-(MC §3-4, ``layers.caching``): ``titans-lmm-grm`` / ``titans-lmm-ssc`` (gated residual memory / sparse selective
-caching, top 2), ``dla-grm`` and ``swla-grm`` (SWLA c = 2: a matrix memory with the dot bias, decay and an Omega window
+(MC §3-4, ``layers.caching``): ``titans-lmm-grm`` / ``titans-lmm-soup`` / ``titans-lmm-ssc`` (gated residual
+memory / Memory Soup / sparse selective caching, top 2), ``dla-grm`` and ``swla-grm`` (SWLA c = 2: a matrix memory with the dot bias, decay and an Omega window
 of 2, MC Eq. 28), segments of 4 memory chunks (256 tokens at the paper sizes, MC's LM runs).
 
 Sizes: ``tiny`` for CPU tests; ``170m``, ``340m``, ``760m``, ``1.3b`` with layers / width / heads of Miras Table 5
@@ -73,6 +73,7 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
 for _name in ("moneta", "yaad", "memora"):  # Samba-style hybrids (Miras §5.4)
     PRESETS[f"{_name}-h"] = ("hybrid", PRESETS[_name][1])
 for _name, _base, _caching in (("titans-lmm-grm", "titans-lmm", dict(aggregation="gated")),  # Memory Caching (MC §3)
+                               ("titans-lmm-soup", "titans-lmm", dict(aggregation="soup")),
                                ("titans-lmm-ssc", "titans-lmm", dict(aggregation="sparse", top_k=2)),
                                ("dla-grm", "dla", dict(aggregation="gated"))):
     PRESETS[_name] = ("lmm", dict(PRESETS[_base][1], caching=dict(CACHING, **_caching)))
