@@ -64,15 +64,32 @@ def literal(mixer: MemoryMixer, q, k, v, x):
         u = q if opts.gate_input == "q" else mixer.caching.u_proj(x).unflatten(-1, (HEADS, mixer.head_dim))
         p = k
     pool = (lambda tokens: tokens.mean(1)) if opts.pool == "mean" else (lambda tokens: tokens.sum(1))  # Eq. 10 / 16
+    def span(lo, hi):
+        return {n: g if n in ("feature_coeffs", "feature_scale") else g[:, lo:hi] for n, g in gates.items()}
+
+    def fenwick(s):
+        """Segment s's Fenwick nodes: for each set bit j, segments [(s >> j) − 1, s >> j) · 2^j compressed from the
+        initial state (token by token), with their pools."""
+        nodes = []
+        for j in range(s.bit_length()):
+            if s >> j & 1:
+                lo, hi = (((s >> j) - 1) << j) * opts.segment, ((s >> j) << j) * opts.segment
+                _, state = memorize(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], rule, initial_state=mixer.initial_state(),
+                                    output_final_state=True, mode="recurrent", **span(lo, hi))
+                nodes.append((state, None if p is None else pool(p[:, lo:hi])))
+        return nodes
+
     online, cached, pools, outs = mixer.initial_state(), [], [], []
     for t in range(q.shape[1]):
         segment, position = divmod(t, opts.segment)
         if position == 0 and t > 0:
             cached.append(online)
             pools.append(None if p is None else pool(p[:, t - opts.segment:t]))
-            if opts.init == "independent":
+            if opts.init == "independent" or opts.segmentation == "log":
                 online = mixer.initial_state()
-        token = {n: g if n in ("feature_coeffs", "feature_scale") else g[:, t:t + 1] for n, g in gates.items()}
+            if opts.segmentation == "log":
+                cached, pools = (list(x) for x in zip(*fenwick(segment))) if segment else ([], [])
+        token = span(t, t + 1)
         y, online = memorize(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], rule, initial_state=online,
                              output_final_state=True, mode="recurrent", **token)
         reads = [frozen_read(rule, state, q[:, t:t + 1], token) for state in cached]
@@ -96,8 +113,6 @@ def literal(mixer: MemoryMixer, q, k, v, x):
         for g, r in zip(gamma[:-1], reads):
             y = y + g.unsqueeze(1).unsqueeze(-1) * r
         outs.append(y)
-    if q.shape[1] % opts.segment == 0:  # the layer caches a segment as it ends
-        cached.append(online)
     return torch.cat(outs, 1), online, cached
 
 
@@ -112,6 +127,8 @@ CASES += [("linear", dict(aggregation="soup")), ("titans-mlp", dict(aggregation=
           ("yaad-mlp", dict(aggregation="soup", init="independent", pool="keys")), ("titans-mlp", dict(aggregation="gated", pool="keys")),
           ("linear", dict(aggregation="sparse", pool="keys", gate_input="q", top_k=1)),
           ("yaad-mlp", dict(aggregation="gated", segment=12))]
+CASES += [(rule, dict(aggregation=a, segmentation="log", init="independent", segment=4)) for rule in RULES
+          for a in ("residual", "gated", "sparse", "soup")]
 
 
 @pytest.mark.parametrize("rule,options", CASES, ids=[f"{r}-{'-'.join(map(str, o.values()))}" for r, o in CASES])
@@ -124,8 +141,14 @@ def test_segment_wise_equals_literal_reference(rule, options, length):
     out, entry = chunked(mixer, q, k, v, x)
     ref, online, cached = literal(mixer, q, k, v, x)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
-    assert len(entry["cached"]) == len(cached) == length // mixer.caching.options.segment
-    for a, b in zip([entry["memory"], *entry["cached"]], [online, *cached]):
+    opts = mixer.caching.options
+    states = [*cached, online] if length % opts.segment == 0 else cached  # the layer caches a segment as it ends
+    finished = [entry["memory"]] if length % opts.segment else []  # the online memory, unless it just restarted
+    expected = [online] if length % opts.segment else []
+    if opts.segmentation == "constant":
+        assert len(entry["ledger"].states) == len(states) == length // opts.segment
+        finished, expected = finished + entry["ledger"].states, expected + states
+    for a, b in zip(finished, expected):
         for wa, wb in zip(a.weights, b.weights):
             torch.testing.assert_close(wa, wb, rtol=1e-9, atol=1e-10)
     weights = torch.randn_like(out)
@@ -138,21 +161,24 @@ def test_segment_wise_equals_literal_reference(rule, options, length):
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("aggregation", ["residual", "gated", "sparse"])
+@pytest.mark.parametrize("aggregation", ["residual", "gated", "sparse", "soup", "log"])
 def test_causal_including_the_current_segment_gate(aggregation):
     """Changing token t + 1 (inside the same segment as t, which the online gate pools) changes nothing at ≤ t."""
-    mixer = layer("titans-mlp", aggregation=aggregation, **({"top_k": 1} if aggregation == "sparse" else {}))
+    options = {"sparse": dict(top_k=1), "log": dict(aggregation="gated", segmentation="log", segment=4)}
+    mixer = layer("titans-mlp", **dict(dict(aggregation=aggregation), **options.get(aggregation, {})))
     x = torch.randn(1, 30, DIM, dtype=torch.float64)
     for t in (5, 12, 21):
         assert_causal(mixer, x, t + 1)
 
 
 @pytest.mark.parametrize("aggregation,init", [("gated", "checkpoint"), ("sparse", "independent"),
-                                              ("residual", "independent")])
+                                              ("residual", "independent"), ("soup", "checkpoint"), ("gated", "log")])
 def test_decoding_equals_the_full_pass(aggregation, init):
     """Prefill of a length off the segment grid, then one token at a time, then a piece across a segment boundary,
     through the model."""
-    memory = dict(preset_config("titans-lmm").memory, caching=dict(segment=16, aggregation=aggregation, init=init))
+    caching = dict(aggregation=aggregation, **(dict(segmentation="log", segment=8) if init == "log"
+                                               else dict(segment=16, init=init)))
+    memory = dict(preset_config("titans-lmm").memory, caching=caching)
     model = from_preset("titans-lmm", memory=memory).double().eval()
     x = torch.randint(0, 256, (2, 61))
     with torch.no_grad():
@@ -222,7 +248,8 @@ def test_soup_is_grm_for_a_matrix_memory_only_and_ssc_with_every_segment_is_grm(
 
 
 @pytest.mark.parametrize("caching,field", [
-    (dict(aggregation="mean"), "aggregation"), (dict(segmentation="log"), "segmentation"),
+    (dict(aggregation="mean"), "aggregation"), (dict(segmentation="tree"), "segmentation"),
+    (dict(segmentation="log", init="checkpoint"), "init"),
     (dict(init="zero"), "init"), (dict(aggregation="sparse", top_k=0), "top_k"),
     (dict(aggregation="gated", top_k=2), "top_k"), (dict(segment=6), "segment"), (dict(segment=0), "segment"),
     (dict(gate_input="q"), "gate_input"), (dict(pool="max"), "pool"), (dict(window=3), "window")])

@@ -25,7 +25,7 @@ memory function without a write), all cached states of a segment in one call on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from torch import nn
 from ..memory import MemoryRule, MemoryState, memorize, recall
 
 AGGREGATIONS = ("residual", "gated", "soup", "sparse")
-SEGMENTATIONS = ("constant",)
+SEGMENTATIONS = ("constant", "log")
 INITS = ("checkpoint", "independent")
 GATE_INPUTS = ("x", "q")
 POOLS = ("mean", "keys")
@@ -43,20 +43,23 @@ POOLS = ("mean", "keys")
 class Caching:
     """The options of Memory Caching (``MemoryMixer(caching=dict(...))``), checked against the memory's ``rule``.
     ``segment``: tokens per cached segment (default 4 memory chunks; a multiple of the chunk). ``top_k``: the cached
-    segments SSC routes each token to (default 2)."""
+    segments SSC routes each token to (default 2). ``init``: ``"checkpoint"`` by default, ``"independent"`` (the
+    only choice) with ``segmentation="log"``, whose Fenwick nodes are independent compressors."""
 
     segment: int | None = None
     aggregation: str = "gated"
     segmentation: str = "constant"
-    init: str = "checkpoint"
+    init: str | None = None
     top_k: int | None = None
     gate_input: str = "x"
     pool: str = "mean"
 
     def checked(self, rule: MemoryRule) -> "Caching":
+        log = self.segmentation == "log"
+        init = ("independent" if log else "checkpoint") if self.init is None else self.init
         for name, value, options in (("aggregation", self.aggregation, AGGREGATIONS),
                                      ("segmentation", self.segmentation, SEGMENTATIONS),
-                                     ("init", self.init, INITS), ("gate_input", self.gate_input, GATE_INPUTS),
+                                     ("init", init, INITS), ("gate_input", self.gate_input, GATE_INPUTS),
                                      ("pool", self.pool, POOLS)):
             if value not in options:
                 raise ValueError(f"caching.{name}={value!r} is not supported; choose one of {list(options)}")
@@ -74,9 +77,12 @@ class Caching:
         if self.gate_input == "q" and self.pool != "keys":
             raise ValueError("caching.gate_input='q' scores the heads' queries against pooled keys: it needs "
                              "pool='keys'")
+        if log and init != "independent":
+            raise ValueError("caching.init must be 'independent' with segmentation='log': its Fenwick nodes are "
+                             "independent compressors")
         if rule.feature_map == "exp":
             raise ValueError("caching is not built for the exp kernel memory (its state grows with every write)")
-        return Caching(segment, self.aggregation, self.segmentation, self.init, top_k, self.gate_input, self.pool)
+        return Caching(segment, self.aggregation, self.segmentation, init, top_k, self.gate_input, self.pool)
 
 
 def caching_options(caching, rule: MemoryRule) -> Caching:
@@ -134,33 +140,33 @@ class MemoryCaching(nn.Module):
 
     def mix(self, layer, q, k, v, x, real, cache, use_cache):
         """``MemoryMixer.mix`` with caching: the reads ``[B, T, H, Dv]`` and the new cache entry."""
-        segment = self.options.segment
+        segment, options = self.options.segment, self.options
         if cache is None:
-            cache = dict(memory=layer.initial_state(), cached=[], pools=None, prefix=None, position=0)
-        online, cached, pools = cache["memory"], list(cache["cached"]), cache["pools"]
-        prefix, position = cache["prefix"], cache["position"]
+            cache = dict(memory=layer.initial_state(), prefix=None, position=0,
+                         ledger=(Fenwick if options.segmentation == "log" else Segments)())
+        online, prefix, position = cache["memory"], cache["prefix"], cache["position"]
+        ledger = cache["ledger"].copy()
         gates = layer.gates(x, real)
         features = {name: gates[name] for name in ("feature_coeffs", "feature_scale") if name in gates}
-        gated = self.options.aggregation != "residual"
-        u, p = self._gate_vectors(q, k, x) if gated else (None, None)
+        gated = options.aggregation != "residual"
+        u, p = self._gate_vectors(q, k, x) if gated else (None, k)  # RM pools nothing it uses
         outs, start, length, online_score = [], 0, q.shape[1], None
         while start < length:
-            if position == 0 and cached and self.options.init == "independent":
-                online = layer.initial_state()
             stop = min(length, start + segment - position)
             piece = slice(start, stop)
             piece_gates = {name: g if name in ("feature_coeffs", "feature_scale") else g[:, piece]
                            for name, g in gates.items()}
             ends = position + stop - start == segment
+            sums = p[:, piece].cumsum(1) + (0 if prefix is None else prefix.unsqueeze(1))
+            prefix = sums[:, -1]
+            cached, pools = ledger.readable()
             if gated:
-                sums = p[:, piece].cumsum(1) + (0 if prefix is None else prefix.unsqueeze(1))
                 counts = torch.arange(position + 1, position + stop - start + 1, device=q.device, dtype=q.dtype)
-                pooled = sums / counts.view(1, -1, 1, 1) if self.options.pool == "mean" else sums
+                pooled = sums / counts.view(1, -1, 1, 1) if options.pool == "mean" else sums
                 online_score = (u[:, piece] * pooled).sum(-1)
-                prefix = sums[:, -1]
-            scores = torch.einsum("btgp,bngp->nbtg", u[:, piece], pools) if gated and cached else None
+            scores = torch.einsum("btgp,nbgp->nbtg", u[:, piece], torch.stack(pools)) if gated and cached else None
             soup = None
-            if cached and self.options.aggregation == "soup":  # Eq. 14–15: the read of the interpolated memory
+            if cached and options.aggregation == "soup":  # Eq. 14–15: the read of the interpolated memory
                 gamma = torch.softmax(torch.cat([scores, online_score.unsqueeze(0)]), 0)
                 gamma = gamma.expand(*gamma.shape[:-1], layer.heads)
                 soup = (gamma[-1], _stack(cached), gamma[:-1])
@@ -168,17 +174,98 @@ class MemoryCaching(nn.Module):
                                     output_final_state=use_cache or ends, soup=soup, **piece_gates)
             if cached and soup is None:
                 stacked = recall(q[:, piece], layer.rule, _stack(cached), **features)
-                read = aggregate(self.options, read, stacked, scores, online_score)
+                read = aggregate(options, read, stacked, scores, online_score)
+            ledger.advance(layer, q[:, piece], k[:, piece], v[:, piece], piece_gates, p[:, piece])
             outs.append(read)
             position = position + stop - start
             if ends:
-                cached.append(online)
-                if gated:
-                    pool = (prefix / segment if self.options.pool == "mean" else prefix).unsqueeze(1)
-                    pools = pool if pools is None else torch.cat([pools, pool], 1)
-                    prefix = None
-                position = 0
+                pool = prefix / segment if options.pool == "mean" else prefix
+                online = ledger.finish(online, pool, layer.initial_state, options)
+                prefix, position = None, 0
             start = stop
-        entry = dict(memory=online, cached=cached, pools=pools, prefix=prefix, position=position) \
-            if use_cache else {"memory": None}
+        entry = dict(memory=online, prefix=prefix, position=position, ledger=ledger) if use_cache \
+            else {"memory": None}
         return torch.cat(outs, 1), entry
+
+
+@dataclass
+class Segments:
+    """Constant segmentation (MC §3.1): every finished segment's final state is cached, with its pool. A dataclass,
+    so that the decoding cache's reorder / detach reach its tensors."""
+
+    states: list = field(default_factory=list)
+    pools: list = field(default_factory=list)
+
+    def copy(self) -> "Segments":
+        return Segments(list(self.states), list(self.pools))
+
+    def readable(self):
+        """The states every token of the current segment reads, and their pools ``[B, G, P]``."""
+        return self.states, self.pools
+
+    def advance(self, layer, q, k, v, gates, p) -> None:
+        """Nothing but the online memory learns."""
+
+    def finish(self, online, pool, initial_state, options):
+        """Cache the segment; the next segment's online memory (checkpointed or restarted, §3.4)."""
+        self.states.append(online)
+        self.pools.append(pool)
+        return initial_state() if options.init == "independent" else online
+
+
+@dataclass
+class Fenwick:
+    """Logarithmic segmentation (MC §4.2; log-linear attention's partition, Guo et al. 2025): a token of segment
+    ``s`` reads the Fenwick nodes of ``s`` — for every set bit ``j`` of ``s`` the block of ``2^j`` segments before
+    the lower bits (37 = 32 + 4 + 1: segments [0, 32), [32, 36), [36, 37)) — each an independent compressor (the
+    memory run from its learned initial state over the block), beside the online memory of segment ``s``.
+
+    Kept: ``nodes[j]`` the last finished level-``j`` block's state and pool (a token of segment ``s`` with bit ``j``
+    set reads exactly that block, ``(s >> j) − 1``), the running compressor of the current level-``j`` block for
+    ``1 ≤ j < J`` (``J`` = bit length of ``s``; level 0 is the online memory) and ``top``, the compressor that runs
+    from the first token until its block ``[0, 2^J)`` finishes. Every token advances ``O(log s)`` compressors, the
+    cost MC §4.2 gives; the same bookkeeping serves the full pass and decoding."""
+
+    index: int = 0
+    nodes: dict = field(default_factory=dict)
+    running: list = field(default_factory=list)
+    top: tuple | None = None
+
+    def copy(self) -> "Fenwick":
+        return Fenwick(self.index, dict(self.nodes), list(self.running), self.top)
+
+    def readable(self):
+        levels = [j for j in range(self.index.bit_length()) if self.index >> j & 1]
+        return [self.nodes[j][0] for j in levels], [self.nodes[j][1] for j in levels]
+
+    def advance(self, layer, q, k, v, gates, p) -> None:
+        """The running compressors (levels ≥ 1, ``top``) learn the piece; their pooled sums grow."""
+        def step(entry):
+            state, pool = entry
+            _, state = memorize(q, k, v, layer.rule, initial_state=state, output_final_state=True, **gates)
+            return state, pool + p.sum(1)
+        self.running = [step(entry) for entry in self.running]
+        if self.top is not None:
+            self.top = step(self.top)
+
+    def finish(self, online, pool, initial_state, options):
+        """Segment ``s`` ends: finished blocks become nodes, their compressors restart; a new level opens at
+        ``s + 1 = 2^J`` (the block ``[0, 2^J)`` is ``top``'s, which runs on)."""
+        s, segment = self.index, options.segment
+        mean = options.pool == "mean"
+        self.nodes[0] = (online, pool)
+        zero = torch.zeros_like(pool)
+        for j, (state, total) in enumerate(self.running, start=1):
+            if (s + 1) % 2 ** j == 0:
+                self.nodes[j] = (state, total / (2 ** j * segment) if mean else total)
+                self.running[j - 1] = (initial_state(), zero)
+        total = pool * segment if mean else pool
+        if self.top is None:  # segment 0: the compressor from the first token is the online memory so far
+            self.top = (online, total)
+        elif s + 1 == 2 ** s.bit_length():
+            j = s.bit_length()
+            state, top_total = self.top
+            self.nodes[j] = (state, top_total / (2 ** j * segment) if mean else top_total)
+            self.running.append((initial_state(), zero))
+        self.index = s + 1
+        return initial_state()

@@ -12,7 +12,8 @@ DeltaNet (dot, decay, delta GD), Mamba2 (dot, decay, GD: SSD). Hope = self-modif
 Hope-Attention = attention → CMS (NL §8.3); TNT = a global memory (chunk 2K) + a local memory (chunk 16, reset every
 2K tokens) with Q-K projection, Titans' MLP with plain GD as in TNT's experiments (TNT §7.2-7.4). Memory Caching
 (MC §3-4, ``layers.caching``): ``titans-lmm-grm`` / ``titans-lmm-soup`` / ``titans-lmm-ssc`` (gated residual
-memory / Memory Soup / sparse selective caching, top 2), ``dla-grm`` and ``swla-grm`` (SWLA c = 2: a matrix memory with the dot bias, decay and an Omega window
+memory / Memory Soup / sparse selective caching, top 2), ``loglinear++`` (GRM over logarithmic segments, MC §4.2,
+on Titans' memory), ``dla-grm`` and ``swla-grm`` (SWLA c = 2: a matrix memory with the dot bias, decay and an Omega window
 of 2, MC Eq. 28), segments of 4 memory chunks (256 tokens at the paper sizes, MC's LM runs).
 
 Sizes: ``tiny`` for CPU tests; ``170m``, ``340m``, ``760m``, ``1.3b`` with layers / width / heads of Miras Table 5
@@ -35,8 +36,6 @@ POLY = dict(feature_map="poly", degree=2, objective="l2", retention="decay", win
 ATLAS = dict(MIRAS_MLP, **POLY, learner="muon")  # the memory's LayerNorm: Atlas App. E (docs/decisions.md)
 EXP = dict(memory="linear", feature_map="exp", objective="dot", retention="none")
 MATRIX = dict(memory="linear", objective="dot")
-#: Memory Caching's segments: 4 memory chunks (256 tokens at the paper sizes, MC's LM setting, SPEC §9.3; 32 tiny).
-CACHING = dict(init="checkpoint", pool="mean")
 
 #: name → (architecture, memory rule without chunk_size).
 PRESETS: dict[str, tuple[str, dict | None]] = {
@@ -67,7 +66,7 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "tnt": ("tnt", dict(TITANS, learner="gd")),  # TNT stage 1: one global + one local memory, plain GD (TNT §7.2)
     "hope": ("hope", {}),  # self-modifying Titans → CMS (NL §8.3, Eq. 94-97)
     "swla-grm": ("lmm", dict(MATRIX, retention="decay", learner="omega", window=2,  # MC Eq. 28
-                             caching=dict(CACHING, aggregation="gated"))),
+                             caching=dict(aggregation="gated"))),
     "hope-attention": ("transformer", None),  # Transformer whose MLP is a CMS (NL §8.3)
 }
 for _name in ("moneta", "yaad", "memora"):  # Samba-style hybrids (Miras §5.4)
@@ -75,8 +74,9 @@ for _name in ("moneta", "yaad", "memora"):  # Samba-style hybrids (Miras §5.4)
 for _name, _base, _caching in (("titans-lmm-grm", "titans-lmm", dict(aggregation="gated")),  # Memory Caching (MC §3)
                                ("titans-lmm-soup", "titans-lmm", dict(aggregation="soup")),
                                ("titans-lmm-ssc", "titans-lmm", dict(aggregation="sparse", top_k=2)),
-                               ("dla-grm", "dla", dict(aggregation="gated"))):
-    PRESETS[_name] = ("lmm", dict(PRESETS[_base][1], caching=dict(CACHING, **_caching)))
+                               ("dla-grm", "dla", dict(aggregation="gated")),
+                               ("loglinear++", "titans-lmm", dict(aggregation="gated", segmentation="log"))):
+    PRESETS[_name] = ("lmm", dict(PRESETS[_base][1], caching=_caching))  # segments: 4 memory chunks
 #: the presets whose MLPs are a Continuum Memory System: name → ``cms`` options without ``periods`` (set by size).
 CMS_PRESETS: dict[str, dict] = {"hope": dict(variant="sequential"), "hope-attention": dict(variant="sequential")}
 
