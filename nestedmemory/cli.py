@@ -167,11 +167,15 @@ class GenerateConfig(SampleConfig):
 
     Args:
         device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``
+        caching_segment: post-training Memory Caching: the memories cache their state every N tokens and decode
+            with the average of the cached and online memories (MC §3.4; 0: off)
     """
 
     device: str | None = None
+    caching_segment: int = 0
 
     FLAGS = ""
+    LIMITS = dict(SampleConfig.LIMITS, caching_segment=NON_NEGATIVE)
 
     def check(self) -> None:
         super().check()
@@ -179,10 +183,16 @@ class GenerateConfig(SampleConfig):
 
 
 def generate(args) -> int:
+    from .layers.caching import enable_caching
     from .train.inference import load, sample
 
     config = settings(GenerateConfig, args)
     model, tokenizer, _ = load(args.checkpoint, config.device or "cpu")
+    if config.caching_segment:
+        try:
+            enable_caching(model, segment=config.caching_segment)
+        except ValueError as error:
+            raise UserError(f"--caching_segment: {error}") from error
     print(config.prompt + sample(model, tokenizer, config))
     return 0
 

@@ -327,3 +327,29 @@ def test_soup_read_chunked_equals_token_by_token(rule):
     leaves = [gamma, *cached.weights]
     for ga, gb in zip(torch.autograd.grad((a * w).sum(), leaves), torch.autograd.grad((b * w).sum(), leaves)):
         torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-11)
+
+
+def test_post_training_caching_decodes_with_the_mean_of_the_memories():
+    """A model trained without caching (MC §3.4): ``enable_caching`` makes every memory layer cache every 16 tokens
+    and read the plain average of the online and cached memories — no new weights, the first segment unchanged,
+    decoding equal to the full pass; at the layer, the average is RM's output over ``s + 1``."""
+    from nestedmemory.layers.caching import enable_caching
+
+    torch.manual_seed(0)
+    model = from_preset("titans-lmm").double().eval()
+    x = torch.randint(0, 256, (1, 50))
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+        parameters = sum(p.numel() for p in model.parameters())
+        assert enable_caching(model, segment=16) == 2
+        after = model(input_ids=x).logits
+        assert sum(p.numel() for p in model.parameters()) == parameters
+        torch.testing.assert_close(after[:, :16], before[:, :16], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(after[:, 16:], before[:, 16:])
+        torch.testing.assert_close(decode(model, x, [20] + [1] * 30)[0], after, rtol=1e-10, atol=1e-10)
+    mean, residual = layer("titans-mlp", aggregation="mean"), layer("titans-mlp", aggregation="residual")
+    q, k, v, x = inputs(mean, 29)
+    count = 1 + torch.arange(29, dtype=torch.float64) // SEGMENT
+    torch.testing.assert_close(chunked(mean, q, k, v, x)[0], chunked(residual, q, k, v, x)[0] / count.view(1, -1, 1, 1))
+    with pytest.raises(ValueError, match="weights to learn"):
+        enable_caching(from_preset("titans-lmm"), aggregation="gated")

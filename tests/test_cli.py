@@ -90,6 +90,12 @@ def test_generate_from_run_checkpoint_and_saved_model(run, tmp_path, capsys):
     greedy = capsys.readouterr().out
     assert main(["generate", str(tmp_path / "hf"), "--max-new-tokens", "5", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == greedy
+    # post-training Memory Caching (MC §3.4): the memories cache every 16 tokens, decoding reads their average
+    assert main(["generate", str(tmp_path / "hf"), "--max-new-tokens", "40", "--caching_segment", "16"]) == 0
+    assert len(capsys.readouterr().out.encode()) >= 40
+    assert "multiple of the memory's chunk_size" in one_line_error(
+        capsys, ["generate", str(tmp_path / "hf"), "--caching_segment", "12"])
+    assert "no memory layer that can cache" in one_line_error(capsys, ["generate", str(run), "--caching_segment", "8"])
 
 
 def test_eval_perplexity_and_suite_table(run, tmp_path, capsys):

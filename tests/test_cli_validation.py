@@ -70,6 +70,7 @@ BAD = [
     (["generate", "RUN", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
     (["generate", "RUN", "--top_k", "-2"], "--top_k must be >= 0, got -2"),
     (["generate", "RUN", "--temperature", "-0.5"], "--temperature must be >= 0, got -0.5"),
+    (["generate", "RUN", "--caching_segment", "-1"], "--caching_segment must be >= 0, got -1"),
     (["generate", "RUN", "--device", "cuda:99"], "--device: device 'cuda:99' is not available"),
     # bench
     (["bench", "--steps", "0"], "--steps must be >= 1, got 0"),

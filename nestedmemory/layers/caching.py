@@ -14,6 +14,10 @@ cached, and every later token reads the cached memories beside the online one (E
 - ``sparse`` (SSC, Eq. 16–17): the router keeps the ``top_k`` cached segments of largest ``⟨u_t, pool⟩`` and the
   softmax runs over them and the online memory.
 
+- ``mean`` (post-training caching, §3.4): the plain average of the online and the cached reads, without learnable
+  weights — what a model trained without caching decodes with (:func:`enable_caching`, ``nestedmemory generate
+  --caching_segment N``).
+
 ``init="checkpoint"`` continues the memory across segments (``M_0^{(s)} = M^{(s−1)}_{end}``, §3.4); ``"independent"``
 restarts every segment from the layer's learned initial state (compressors, as TNT's local memories).
 ``pool="mean"``: the mean of the segment's layer inputs ``x`` (Eq. 10), one gate per token shared by the heads;
@@ -32,9 +36,10 @@ from torch import nn
 
 from ..memory import MemoryRule, MemoryState, memorize, recall
 
-AGGREGATIONS = ("residual", "gated", "soup", "sparse")
+AGGREGATIONS = ("residual", "gated", "soup", "sparse", "mean")
 SEGMENTATIONS = ("constant", "log")
 INITS = ("checkpoint", "independent")
+UNGATED = ("residual", "mean")  # the aggregations without context gates
 GATE_INPUTS = ("x", "q")
 POOLS = ("mean", "keys")
 
@@ -103,6 +108,8 @@ def aggregate(options: Caching, online, cached, cached_scores, online_score):
     scores (Eq. 10); SSC first keeps each token's ``top_k`` cached scores (Eq. 17)."""
     if options.aggregation == "residual":
         return online + cached.sum(0)
+    if options.aggregation == "mean":
+        return (online + cached.sum(0)) / (cached.shape[0] + 1)
     if options.aggregation == "sparse" and cached.shape[0] > options.top_k:
         kept = cached_scores.topk(options.top_k, dim=0).indices
         mask = torch.zeros_like(cached_scores, dtype=torch.bool).scatter_(0, kept, True)
@@ -127,7 +134,7 @@ class MemoryCaching(nn.Module):
         super().__init__()
         self.options = caching_options(caching, rule)
         self.heads, self.head_dim = num_heads, head_dim
-        gated = self.options.aggregation != "residual"
+        gated = self.options.aggregation not in UNGATED
         width = dim if self.options.pool == "mean" else num_heads * head_dim
         self.u_proj = nn.Linear(dim, width, bias=False) if gated and self.options.gate_input == "x" else None
 
@@ -148,8 +155,8 @@ class MemoryCaching(nn.Module):
         ledger = cache["ledger"].copy()
         gates = layer.gates(x, real)
         features = {name: gates[name] for name in ("feature_coeffs", "feature_scale") if name in gates}
-        gated = options.aggregation != "residual"
-        u, p = self._gate_vectors(q, k, x) if gated else (None, k)  # RM pools nothing it uses
+        gated = options.aggregation not in UNGATED
+        u, p = self._gate_vectors(q, k, x) if gated else (None, k)  # RM / mean pool nothing they use
         outs, start, length, online_score = [], 0, q.shape[1], None
         while start < length:
             stop = min(length, start + segment - position)
@@ -269,3 +276,26 @@ class Fenwick:
             self.running.append((initial_state(), zero))
         self.index = s + 1
         return initial_state()
+
+
+def enable_caching(model, **options) -> int:
+    """Post-training Memory Caching (MC §3.4): every memory layer of ``model`` without caching caches its memory
+    every ``segment`` tokens and reads the average of the cached and online memories (``aggregation="mean"``, no
+    learnable weights; other parameter-free options may be given). Returns the number of layers changed; raises
+    ``ValueError`` for options a layer cannot take (e.g. a segment off its chunk grid) or a model with no such
+    layer."""
+    from .memory import MemoryMixer
+    from .tnt import TNTMemory
+
+    options = dict(dict(aggregation="mean"), **options)
+    if options["aggregation"] not in UNGATED:
+        raise ValueError(f"caching.aggregation={options['aggregation']!r} has weights to learn; post-training "
+                         f"caching takes one of {list(UNGATED)}")
+    layers = [m for m in model.modules() if isinstance(m, MemoryMixer) and not isinstance(m, TNTMemory)
+              and m.caching is None]
+    if not layers:
+        raise ValueError("the model has no memory layer that can cache (MemoryMixer layers without caching; not "
+                         "TNT's or self-modifying Titans')")
+    for layer in layers:
+        layer.caching = MemoryCaching(layer.q_proj.in_features, layer.heads, layer.head_dim, layer.rule, options)
+    return len(layers)
