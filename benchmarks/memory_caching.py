@@ -51,6 +51,9 @@ OVERHEAD = dict(presets=["titans-lmm", "dla"], variants=["base", "residual", "ga
 QUICK_OVERHEAD = dict(OVERHEAD, lengths=[1024, 2048], repeats=2)
 RECALL = dict(presets=["titans-lmm", "dla"], variants=["base", "residual", "gated", "sparse"], segment=32, seeds=[0])
 QUICK_RECALL = dict(RECALL, presets=["titans-lmm"], variants=["base", "gated"])
+NIAH = dict(preset="titans-lmm", variants=["base", "residual", "gated", "soup", "sparse", "log"], segment=32,
+            train_length=256, steps=300, batch_size=8, lr=2e-3, lengths=[256, 512, 1024, 2048], n=32, seed=0)
+QUICK_NIAH = dict(NIAH, variants=["base", "gated", "log"], lengths=[256, 1024])
 
 
 # ---------------------------------------------------------------------------------------------- package
@@ -159,12 +162,15 @@ def time_alternating(impls: dict, x, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def variant_model(preset: str, variant: str, segment: int):
+def variant_model(preset: str, variant: str, segment: int, **overrides):
+    """The tiny ``preset`` without caching (``base``), with an aggregation, or ``log`` (GRM over logarithmic
+    segments: Log-Linear++)."""
     torch.manual_seed(0)
     if variant == "base":
-        return from_preset(preset)
-    memory = dict(preset_config(preset).memory, caching=dict(segment=segment, aggregation=variant))
-    return from_preset(preset, memory=memory)
+        return from_preset(preset, **overrides)
+    caching = dict(segment=segment, aggregation="gated", segmentation="log") if variant == "log" else \
+        dict(segment=segment, aggregation=variant)
+    return from_preset(preset, memory=dict(preset_config(preset).memory, caching=caching), **overrides)
 
 
 def tokens(length: int):
@@ -239,6 +245,30 @@ def section_recall(quick: bool) -> dict:
     return dict(settings=settings, protocol=recall.PROTOCOL, train_mix=recall.TRAIN_MIX, runs=results)
 
 
+def section_niah(quick: bool) -> dict:
+    """S-NIAH-1 (passkey) at growing length: trained at ``train_length``, scored at every length (exact match of the
+    7-digit value)."""
+    from nestedmemory.tasks import niah, train_on_task
+
+    settings = QUICK_NIAH if quick else NIAH
+    rows = []
+    for variant in settings["variants"]:
+        model = variant_model(settings["preset"], variant, settings["segment"])
+        start = time.perf_counter()
+        losses = train_on_task(model, niah, steps=settings["steps"], batch_size=settings["batch_size"],
+                               lr=settings["lr"], seed=settings["seed"], seq_len=settings["train_length"],
+                               variant="passkey")
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            scores = niah.evaluate(model, n=settings["n"], seed=10**6, batch_size=8, lengths=settings["lengths"])
+        tail = losses[-20:]
+        rows.append(dict(variant=variant, final_loss=sum(tail) / len(tail), train_seconds=round(seconds),
+                         accuracy={str(k): v for k, v in scores["length"].items()}))
+        print(f"  {variant:8s} loss {rows[-1]['final_loss']:.3f}: " + " ".join(
+            f"{k} {100 * v:.0f}%" for k, v in rows[-1]["accuracy"].items()), flush=True)
+    return dict(settings=settings, rows=rows)
+
+
 # ---------------------------------------------------------------------------------------------- output
 def megabytes(value) -> str:
     return "" if value is None else f"{value:.0f}"
@@ -278,12 +308,22 @@ def markdown(data: dict) -> str:
                   + " | ".join(f"{100 * x['accuracy'][c]:.1f}" for c in cells) + f" | {x['state']} |"
                   for x in r["runs"]]
         lines.append("")
+    if "niah" in data:
+        n = data["niah"]
+        lengths = list(n["rows"][0]["accuracy"]) if n["rows"] else []
+        lines += [f"## S-NIAH-1 (passkey) at growing length ({n['settings']['preset']}, trained at "
+                  f"{n['settings']['train_length']} for {n['settings']['steps']} steps, segments of "
+                  f"{n['settings']['segment']})", "", "| variant | final loss | " + " | ".join(lengths) + " |",
+                  "|---|---|" + "---|" * len(lengths)]
+        lines += [f"| {r['variant']} | {r['final_loss']:.3f} | "
+                  + " | ".join(f"{100 * r['accuracy'][c]:.0f}" for c in lengths) + " |" for r in n["rows"]]
+        lines.append("")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--section", choices=["package", "overhead", "recall"], action="append")
+    parser.add_argument("--section", choices=list(SECTIONS), action="append")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--peak-child", nargs=4, metavar=("PRESET", "VARIANT", "SEGMENT", "T"))
@@ -296,18 +336,21 @@ def main(argv=None) -> None:
     path = args.out.with_suffix(".json")
     data = json.loads(path.read_text()) if path.exists() else {}
     data["machine"] = mc.machine_info(dict(setup, threads=1))
-    for name in args.section or ["package", "overhead", "recall"]:
+    for name in args.section or list(SECTIONS):
         print(f"== {name}", flush=True)
         start = time.perf_counter()
-        data[name] = dict({"package": section_package, "overhead": section_overhead,
-                           "recall": section_recall}[name](args.quick), quick=args.quick,
-                          seconds=round(time.perf_counter() - start, 1), load=mc.cpu_load())
+        data[name] = dict(SECTIONS[name](args.quick), quick=args.quick, seconds=round(time.perf_counter() - start, 1),
+                          load=mc.cpu_load())
         path.write_text(json.dumps(data, indent=1))
         args.out.write_text(markdown(data))
     print(markdown(data))
     bad = [r for r in data.get("package", {}).get("exactness", []) if not r["max_abs_diff"] < 1e-9]
     if bad:
         raise SystemExit(f"outputs differ from memory-caching: {bad}")
+
+
+SECTIONS = {"package": section_package, "overhead": section_overhead, "recall": section_recall,
+            "niah": section_niah}
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def run(rule, s, state, *, factors_at=None, segments=None):
 
     weights, momentum = list(state.weights), state.momentum
     anchor, lag_acc, lag_decay = state.anchor, state.lag_acc, state.lag_decay
+    store_muon = None if rule.learner != "muon" else \
+        not torch.is_grad_enabled() or _muon_stored_bytes(rule, s, weights, n_chunks) <= MUON_STORED_BYTES
     outs = []
     for n in range(n_chunks):
         if lag[n]:
@@ -86,6 +88,8 @@ def run(rule, s, state, *, factors_at=None, segments=None):
         chunk_coef = {name: x[n] for name, x in coef.items()}
         if soup is not None:
             chunk_coef["soup"] = (soup[0][n], soup[1][n], s.soup[2])
+        if store_muon is not None:
+            chunk_coef["checkpoint"] = not store_muon
         out, weights, momentum = segments[rule.learner](rule, q[n], q_raw[n], weights, momentum,
                                                         factors, chunk_coef)
         outs.append(out)
@@ -295,32 +299,53 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
     return out, new_w, new_s
 
 
+#: above this many bytes of per-token weights and Newton–Schulz iterates over the sequence, Muon's chunks are
+#: recomputed in the backward instead of stored (:func:`_muon_segment`).
+MUON_STORED_BYTES = 512 * 2**20
+
+
+def _muon_stored_bytes(rule, s, weights, n_chunks) -> int:
+    """What the backward of every Muon chunk would keep: per token and weight the momentum, the ``ns_steps``
+    iterates (three tensors each) and the weights, in the memory's dtype."""
+    b, h = s.q.shape[:2]
+    per_token = sum(w.shape[-2] * w.shape[-1] for w in weights) * (2 + 3 * rule.ns_steps)
+    return n_chunks * rule.chunk_size * b * h * per_token * s.q.element_size()
+
+
 def _muon_segment(rule, q, q_raw, weights, momentum, factors, coef):
     """Muon (Atlas §5.1): all momenta ``S_t`` of the chunk are known from the frozen-point gradients, so
     ``NS_k(S_t)`` is applied to all of them in parallel, then ``W_t = β_t W_0 + Σ_{j≤t} (β_t/β_j) θ_j NS_k(S_j)``.
 
-    The per-token weights and Newton–Schulz iterates of a chunk are recomputed in the backward (activation
-    checkpointing) instead of stored: kept for every chunk they take O(T · weights) memory (gigabytes at 4K)."""
-    if torch.is_grad_enabled():
+    On long sequences (``coef["checkpoint"]``: more than :data:`MUON_STORED_BYTES` over the sequence) the per-token
+    weights and Newton–Schulz iterates of a chunk are recomputed in the backward (activation checkpointing)
+    instead of stored: kept for every chunk they take O(T · weights) memory (gigabytes at 4K); below it, storing
+    them saves the recomputation (a third of a short sequence's fwd+bwd)."""
+    if coef.get("checkpoint"):
         return checkpoint(_muon_chunk, rule, q, q_raw, weights, momentum, factors, coef, use_reentrant=False)
     return _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef)
 
 
 def _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef):
+    """The reads ``h_t W_t = β_t (h_t W_0) + Σ_{j≤t} D[t,j] (h_t O_j)`` take ``h_t O_j`` for every pair in one
+    product per layer (``O_j = NS_k(S_j)``), without forming the per-token weights ``W_t``."""
     beta, m = coef["beta"][:, :, 0], coef["m"][:, :, 0]
     p, d_theta = coef["P"][:, :, 0], coef["Dtheta"][:, :, 0]
-    per_token, new_s = [], []
-    for (x, delta), w, s0 in zip(factors, weights, momentum):
+    orthos, new_s = [], []
+    for (x, delta), s0 in zip(factors, momentum):
         s_all = m[..., None, None] * s0.unsqueeze(2) - torch.einsum("bhte,bhei,bheo->bhtio", p, x, delta)
-        ortho = newton_schulz(s_all, rule.ns_steps)
-        per_token.append(beta[..., None, None] * w.unsqueeze(2) + torch.einsum("bhtj,bhjio->bhtio", d_theta, ortho))
+        orthos.append(newton_schulz(s_all, rule.ns_steps))
         new_s.append(s_all[:, :, -1].clone())  # a view would keep every token's momentum alive
 
     def mm(layer, r):
-        return (r.unsqueeze(-2) @ per_token[layer]).squeeze(-2)
+        o = orthos[layer]                                               # [B, H, C, in, out]
+        b, h, c, d_in, d_out = o.shape
+        pairs = (r @ o.transpose(2, 3).reshape(b, h, d_in, c * d_out)).view(b, h, c, c, d_out)  # h_t O_j
+        return beta.unsqueeze(-1) * (r @ weights[layer]) + (d_theta.unsqueeze(-1) * pairs).sum(-2)
 
     out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
-    return out, [w[:, :, -1].clone() for w in per_token], new_s
+    new_w = [beta[..., -1:, None] * w + torch.einsum("bhj,bhjio->bhio", d_theta[:, :, -1], o)
+             for w, o in zip(weights, orthos)]
+    return out, new_w, new_s
 
 
 _SEGMENTS = {"gd": _linear_segment, "omega": _linear_segment, "momentum": _linear_segment,

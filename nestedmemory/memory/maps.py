@@ -14,17 +14,21 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 def newton_schulz(s, steps: int):
     """``NS_k(S)``: ``k`` quintic Newton–Schulz iterations towards the polar factor of ``S`` (Atlas Eq. 32),
-    after Frobenius normalisation; computed in at least fp32 (SPEC numerics), returned in ``s.dtype``."""
+    after Frobenius normalisation; computed in at least fp32 (SPEC numerics), returned in ``s.dtype``. Each step
+    ``X ← aX + (bG + cG²)X``, ``G = XXᵀ`` on the smaller side, is two fused multiply-adds (``baddbmm``)."""
     dtype = torch.promote_types(s.dtype, torch.float32)
     x = s.to(dtype)
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = x.transpose(-1, -2)
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
+    shape = x.shape
+    x = x.reshape(-1, *shape[-2:])
     a, b, c = NS_COEFFS
     for _ in range(steps):
-        gram = x @ x.transpose(-1, -2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = torch.bmm(x, x.transpose(-1, -2))
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.reshape(shape)
     if tall:
         x = x.transpose(-1, -2)
     return x.to(s.dtype)
