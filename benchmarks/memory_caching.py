@@ -43,6 +43,7 @@ from nestedmemory.memory import MemoryRule  # noqa: E402
 from nestedmemory.models import from_preset, preset_config  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "memory_caching.md"
+NOTES_MARK = "<!-- Hand-written notes below: benchmarks/memory_caching.py keeps everything after this line. -->"
 AGGREGATIONS = {"residual": "residual", "grm": "gated", "soup": "soup", "ssc": "sparse"}  # theirs -> ours
 INITS = {"checkpoint": "checkpoint", "restart": "independent"}
 PKG = dict(d_model=64, num_heads=4, segment=64, batch=2, length=300, speed_length=1024, speed_batch=2, top_k=2)
@@ -89,6 +90,9 @@ class Ours(nn.Module):
 def package():
     """The ``memory_caching`` package (this script's folder, where the name is this file's, left off the path)."""
     here = Path(__file__).resolve().parent
+    cached = sys.modules.get("memory_caching")
+    if cached is not None and Path(getattr(cached, "__file__", "") or ".").resolve().parent == here:
+        del sys.modules["memory_caching"]  # this script, imported under the package's name
     saved = sys.path[:]
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != here]
     try:
@@ -270,6 +274,46 @@ def section_niah(quick: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- output
+def plot(data: dict, path: Path) -> bool:
+    """Left: S-NIAH-1 accuracy against the length per variant; right: fwd+bwd tokens/s against T per variant and
+    preset (log-log). False if neither section has results."""
+    if not data.get("niah", {}).get("rows") and not data.get("overhead", {}).get("rows"):
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for row in data.get("niah", {}).get("rows", []):
+        lengths = [int(n) for n in row["accuracy"]]
+        left.plot(lengths, [100 * a for a in row["accuracy"].values()], marker="o", label=row["variant"])
+    left.set(xscale="log", xlabel="haystack length (bytes)", ylabel="passkey exact match (%)", ylim=(-3, 103),
+             title="S-NIAH-1 (trained at 256)")
+    if left.lines:
+        left.legend(fontsize=7)
+    rows = data.get("overhead", {}).get("rows", [])
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            points = [(r["length"], r["tokens_per_s"]) for r in rows if (r["preset"], r["variant"]) == (preset, variant)]
+            right.plot(*zip(*points), marker="o", linestyle="-" if preset == rows[0]["preset"] else "--",
+                       label=f"{preset} {variant}")
+    right.set(xscale="log", yscale="log", xlabel="T (tokens)", ylabel="fwd+bwd tokens/s", title="cost of caching")
+    if right.lines:
+        right.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_markdown(path: Path, data: dict, figure: str | None = None) -> None:
+    """The tables (and the figure), then the hand-written notes kept from the file after :data:`NOTES_MARK`."""
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else NOTES_MARK + "\n"
+    text = markdown(data) + (f"\n![Memory Caching]({figure})\n" if figure else "")
+    path.write_text(text + "\n" + notes)
+
+
 def megabytes(value) -> str:
     return "" if value is None else f"{value:.0f}"
 
@@ -342,7 +386,9 @@ def main(argv=None) -> None:
         data[name] = dict(SECTIONS[name](args.quick), quick=args.quick, seconds=round(time.perf_counter() - start, 1),
                           load=mc.cpu_load())
         path.write_text(json.dumps(data, indent=1))
-        args.out.write_text(markdown(data))
+        write_markdown(args.out, data)
+    if plot(data, args.out.with_suffix(".png")):
+        write_markdown(args.out, data, figure=args.out.with_suffix(".png").name)
     print(markdown(data))
     bad = [r for r in data.get("package", {}).get("exactness", []) if not r["max_abs_diff"] < 1e-9]
     if bad:

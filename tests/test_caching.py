@@ -248,7 +248,7 @@ def test_soup_is_grm_for_a_matrix_memory_only_and_ssc_with_every_segment_is_grm(
 
 
 @pytest.mark.parametrize("caching,field", [
-    (dict(aggregation="mean"), "aggregation"), (dict(segmentation="tree"), "segmentation"),
+    (dict(aggregation="max"), "aggregation"), (dict(segmentation="tree"), "segmentation"),
     (dict(segmentation="log", init="checkpoint"), "init"),
     (dict(init="zero"), "init"), (dict(aggregation="sparse", top_k=0), "top_k"),
     (dict(aggregation="gated", top_k=2), "top_k"), (dict(segment=6), "segment"), (dict(segment=0), "segment"),

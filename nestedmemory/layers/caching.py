@@ -118,6 +118,32 @@ def aggregate(options: Caching, online, cached, cached_scores, online_score):
     return gamma[-1] * online + (gamma[:-1] * cached).sum(0)
 
 
+def _concat(states: list[MemoryState], batch: int) -> MemoryState:
+    """States at the same chunk offset (no Omega halo) as one state of ``len(states) · batch`` rows; a learnable
+    initial state (``[H, in, out]``, no momentum yet) is broadcast over the batch."""
+    def full(t):
+        return t.expand(batch, *t.shape[-3:]) if t.dim() == 3 else t
+
+    def cat(lists):
+        return None if lists[0] is None else [torch.cat([full(t) for t in group]) for group in zip(*lists)]
+
+    momenta = [None] if all(s.momentum is None for s in states) else \
+        [[torch.zeros_like(full(w)) for w in s.weights] if s.momentum is None else s.momentum for s in states]
+    return MemoryState(weights=cat([s.weights for s in states]), momentum=cat(momenta), offset=states[0].offset,
+                       anchor=cat([s.anchor for s in states]), lag_acc=cat([s.lag_acc for s in states]),
+                       lag_decay=None if states[0].lag_decay is None else torch.cat([s.lag_decay for s in states]))
+
+
+def _split(state: MemoryState, n: int) -> list[MemoryState]:
+    """:func:`_concat`'s inverse: ``n`` states of the batch's equal parts."""
+    def part(tensors, i):
+        return None if tensors is None else [t.chunk(n)[i] for t in tensors]
+    return [MemoryState(weights=part(state.weights, i), momentum=part(state.momentum, i), offset=state.offset,
+                        anchor=part(state.anchor, i), lag_acc=part(state.lag_acc, i),
+                        lag_decay=None if state.lag_decay is None else state.lag_decay.chunk(n)[i])
+            for i in range(n)]
+
+
 def _stack(states: list[MemoryState]) -> MemoryState:
     """The cached (chunk-boundary) states as one, weights ``[N, B, H, in, out]``: one ``recall`` reads them all."""
     return MemoryState(weights=[torch.stack(w) for w in zip(*(s.weights for s in states))])
@@ -246,14 +272,25 @@ class Fenwick:
         return [self.nodes[j][0] for j in levels], [self.nodes[j][1] for j in levels]
 
     def advance(self, layer, q, k, v, gates, p) -> None:
-        """The running compressors (levels ≥ 1, ``top``) learn the piece; their pooled sums grow."""
-        def step(entry):
-            state, pool = entry
-            _, state = memorize(q, k, v, layer.rule, initial_state=state, output_final_state=True, **gates)
-            return state, pool + p.sum(1)
-        self.running = [step(entry) for entry in self.running]
+        """The running compressors (levels ≥ 1, ``top``) learn the piece — in one ``memorize`` on their states
+        stacked along the batch where the rule keeps no Omega window — and their pooled sums grow."""
+        entries = self.running + ([self.top] if self.top is not None else [])
+        if not entries:
+            return
+        n, states = len(entries), [state for state, _ in entries]
+        if layer.rule.window == 1 and n > 1:
+            rows = lambda t: t.repeat(n, *(1,) * (t.dim() - 1))  # noqa: E731
+            batched = {name: g if name in ("feature_coeffs", "feature_scale") else rows(g) for name, g in gates.items()}
+            _, final = memorize(rows(q), rows(k), rows(v), layer.rule, initial_state=_concat(states, q.shape[0]),
+                                output_final_state=True, **batched)
+            states = _split(final, n)
+        else:
+            states = [memorize(q, k, v, layer.rule, initial_state=state, output_final_state=True, **gates)[1]
+                      for state in states]
+        entries = [(state, pool + p.sum(1)) for state, (_, pool) in zip(states, entries)]
         if self.top is not None:
-            self.top = step(self.top)
+            self.top = entries.pop()
+        self.running = entries
 
     def finish(self, online, pool, initial_state, options):
         """Segment ``s`` ends: finished blocks become nodes, their compressors restart; a new level opens at
