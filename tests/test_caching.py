@@ -353,3 +353,17 @@ def test_post_training_caching_decodes_with_the_mean_of_the_memories():
     torch.testing.assert_close(chunked(mean, q, k, v, x)[0], chunked(residual, q, k, v, x)[0] / count.view(1, -1, 1, 1))
     with pytest.raises(ValueError, match="weights to learn"):
         enable_caching(from_preset("titans-lmm"), aggregation="gated")
+
+
+@pytest.mark.parametrize("caching", [dict(aggregation="gated"), dict(aggregation="gated", segmentation="log")],
+                         ids=["grm", "log"])
+@torch.no_grad()
+def test_beam_search_reorders_the_cached_states(caching):
+    """Beam search crosses several segments: the cache's ledger (cached states, Fenwick nodes and compressors)
+    is reordered with the beams, so cached and uncached beam search agree."""
+    memory = dict(preset_config("titans-lmm").memory, caching=dict(caching, segment=8))
+    torch.manual_seed(0)
+    model = from_preset("titans-lmm", memory=memory).eval()
+    x = torch.randint(1, 256, (2, 13), generator=torch.Generator().manual_seed(0))
+    settings = dict(max_new_tokens=12, do_sample=False, num_beams=3, pad_token_id=0)
+    assert torch.equal(model.generate(x, use_cache=True, **settings), model.generate(x, use_cache=False, **settings))

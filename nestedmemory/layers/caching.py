@@ -153,8 +153,9 @@ class MemoryCaching(nn.Module):
     """The caching of one :class:`~nestedmemory.layers.memory.MemoryMixer` (its ``caching`` option): the connector
     ``W_u`` of the gates (GRM / Soup / SSC with ``gate_input="x"``) and the segment-wise forward.
 
-    The decoding cache entry holds the online state, the cached states, their pooled summaries ``[B, N, G, P]``, the
-    current segment's pooled sum ``[B, G, P]`` and its position, so that prefill + decode equals the full pass."""
+    The decoding cache entry holds the online state, the current segment's pooled sum ``[B, G, P]`` and position, and
+    the ledger of the cached states and their pools (:class:`Segments` or :class:`Fenwick`), so that prefill + decode
+    equals the full pass."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, rule: MemoryRule, caching):
         super().__init__()
