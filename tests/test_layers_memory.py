@@ -165,7 +165,7 @@ def test_tiny_deep_transformer_learns_mqar_within_a_few_hundred_steps():
 
 def test_dot_delta_rule_holds_a_repeated_key_at_any_kernel_scale():
     """Dot's delta step along a unit key is ``θ ‖φ*(√s k)‖² = θ e^s``: 149 at the initial ``s = 8`` (head width 64)
-    and lr 0.05, so a repeated key diverged. The layer normalises the step by ``e^s`` (``exp_kernel_step``): the read
+    and lr 0.05, so a repeated key diverged. The layer normalises the step by ``e^s`` (``normalised_step``): the read
     at the key goes to its value as ``(1 − θ̃)^t``."""
     layer = exp_layer("dgd")
     g = torch.Generator().manual_seed(1)

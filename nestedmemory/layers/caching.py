@@ -118,6 +118,12 @@ def aggregate(options: Caching, online, cached, cached_scores, online_score):
     return gamma[-1] * online + (gamma[:-1] * cached).sum(0)
 
 
+def _pooled(total, count, options: Caching):
+    """A segment's (or block's) pool from the sum of its ``count`` pooled tokens: their mean (``pool="mean"``,
+    Eq. 10) or the sum itself (``"keys"``, Eq. 16)."""
+    return total / count if options.pool == "mean" else total
+
+
 def _concat(states: list[MemoryState], batch: int) -> MemoryState:
     """States at the same chunk offset (no Omega halo) as one state of ``len(states) · batch`` rows; a learnable
     initial state (``[H, in, out]``, no momentum yet) is broadcast over the batch."""
@@ -194,11 +200,11 @@ class MemoryCaching(nn.Module):
             sums = p[:, piece].cumsum(1) + (0 if prefix is None else prefix.unsqueeze(1))
             prefix = sums[:, -1]
             cached, pools = ledger.readable()
-            if gated:
+            scores = None
+            if gated and cached:
                 counts = torch.arange(position + 1, position + stop - start + 1, device=q.device, dtype=q.dtype)
-                pooled = sums / counts.view(1, -1, 1, 1) if options.pool == "mean" else sums
-                online_score = (u[:, piece] * pooled).sum(-1)
-            scores = torch.einsum("btgp,nbgp->nbtg", u[:, piece], torch.stack(pools)) if gated and cached else None
+                online_score = (u[:, piece] * _pooled(sums, counts.view(1, -1, 1, 1), options)).sum(-1)
+                scores = torch.einsum("btgp,nbgp->nbtg", u[:, piece], torch.stack(pools))
             soup = None
             if cached and options.aggregation == "soup":  # Eq. 14–15: the read of the interpolated memory
                 gamma = torch.softmax(torch.cat([scores, online_score.unsqueeze(0)]), 0)
@@ -213,8 +219,7 @@ class MemoryCaching(nn.Module):
             outs.append(read)
             position = position + stop - start
             if ends:
-                pool = prefix / segment if options.pool == "mean" else prefix
-                online = ledger.finish(online, pool, layer.initial_state, options)
+                online = ledger.finish(online, prefix, layer.initial_state, options)
                 prefix, position = None, 0
             start = stop
         entry = dict(memory=online, prefix=prefix, position=position, ledger=ledger) if use_cache \
@@ -240,10 +245,11 @@ class Segments:
     def advance(self, layer, q, k, v, gates, p) -> None:
         """Nothing but the online memory learns."""
 
-    def finish(self, online, pool, initial_state, options):
-        """Cache the segment; the next segment's online memory (checkpointed or restarted, §3.4)."""
+    def finish(self, online, total, initial_state, options):
+        """Cache the segment (``total``: its pooled tokens' sum); the next segment's online memory (checkpointed
+        or restarted, §3.4)."""
         self.states.append(online)
-        self.pools.append(pool)
+        self.pools.append(_pooled(total, options.segment, options))
         return initial_state() if options.init == "independent" else online
 
 
@@ -293,24 +299,22 @@ class Fenwick:
             self.top = entries.pop()
         self.running = entries
 
-    def finish(self, online, pool, initial_state, options):
-        """Segment ``s`` ends: finished blocks become nodes, their compressors restart; a new level opens at
-        ``s + 1 = 2^J`` (the block ``[0, 2^J)`` is ``top``'s, which runs on)."""
+    def finish(self, online, total, initial_state, options):
+        """Segment ``s`` ends (``total``: its pooled tokens' sum): finished blocks become nodes, their compressors
+        restart; a new level opens at ``s + 1 = 2^J`` (the block ``[0, 2^J)`` is ``top``'s, which runs on)."""
         s, segment = self.index, options.segment
-        mean = options.pool == "mean"
-        self.nodes[0] = (online, pool)
-        zero = torch.zeros_like(pool)
-        for j, (state, total) in enumerate(self.running, start=1):
+        self.nodes[0] = (online, _pooled(total, segment, options))
+        zero = torch.zeros_like(total)
+        for j, (state, block_total) in enumerate(self.running, start=1):
             if (s + 1) % 2 ** j == 0:
-                self.nodes[j] = (state, total / (2 ** j * segment) if mean else total)
+                self.nodes[j] = (state, _pooled(block_total, 2 ** j * segment, options))
                 self.running[j - 1] = (initial_state(), zero)
-        total = pool * segment if mean else pool
         if self.top is None:  # segment 0: the compressor from the first token is the online memory so far
             self.top = (online, total)
         elif s + 1 == 2 ** s.bit_length():
             j = s.bit_length()
             state, top_total = self.top
-            self.nodes[j] = (state, top_total / (2 ** j * segment) if mean else top_total)
+            self.nodes[j] = (state, _pooled(top_total, 2 ** j * segment, options))
             self.running.append((initial_state(), zero))
         self.index = s + 1
         return initial_state()

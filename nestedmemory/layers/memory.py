@@ -68,21 +68,11 @@ def window_gates(dim: int, num_heads: int, rule: MemoryRule) -> Gate:
     return Gate(dim, num_heads * rule.window, init=0.5 * scale, scale=scale)
 
 
-def exp_kernel_step(rule: MemoryRule, scale, lr):
-    """The ``exp`` kernel's step ``θ_t`` for its inverse temperature ``s`` ``[H]`` (from the layer) and the lr gate
-    ``θ̃_t``. Queries and keys are unit vectors, so without ``s`` the kernel ``exp(q·k)`` lies in
-    ``[e⁻¹, e]`` and an exactly matching key among 64 random ones gets 4% of the read: DeepTransformers / SWDT /
-    Dot could not recall. ``s`` (``memorize``'s ``feature_scale``: ``exp(s q·k)``, reads and writes alike) is
-    learned per head from ``sqrt(head_dim)``, the logit a matching key gets in softmax attention with unit-variance
-    entries (``q·k/√d = √d``). The key's squared norm in feature space is ``‖φ*(√s k)‖² = exp(s ‖k‖²) = e^s``
-    (:func:`normalised_step`: unnormalised, ``θ̃ e^s`` reached 2.7 at ``s = 4`` and a repeated key diverged)."""
-    return normalised_step(rule, torch.exp(scale), lr)
-
-
 def normalised_step(rule: MemoryRule, key_sq_norm, lr):
     """The step on a feature-mapped key, ``θ_t = θ̃_t / ‖φ(k_t)‖²`` (normalised LMS; DeltaNet's unit keys in
     feature space), with ``key_sq_norm`` ``[H]`` the squared norm of a unit key's features (the ``exp`` kernel's
-    ``e^s``, ``poly``'s ``Σ_i a_i``). Where the write reads the memory at its key (``dgd``, or an objective other than
+    ``‖φ*(√s k)‖² = exp(s ‖k‖²) = e^s`` — unnormalised, ``θ̃ e^s`` reached 2.7 at ``s = 4`` and a repeated key
+    diverged; ``poly``'s ``Σ_i a_i``). Where the write reads the memory at its key (``dgd``, or an objective other than
     ``dot``) its curvature along ``φ(k)`` is ``‖φ(k)‖²``, so the bounds of :func:`chunk_steps` (set for unit keys)
     hold for every feature map: the delta rule's eigenvalue along a key is ``1 − θ̃_t``. The ``dot`` bias with GD
     does not read the memory when it writes, and Muon's orthogonalised step carries no scale of the gradient: their
@@ -139,7 +129,7 @@ class RuleParameters(nn.Module):
         if rule.feature_map == "poly":  # a_i = softplus(ρ_i), initialised at 1/i! (Atlas Eq. 5)
             a = default_poly_coeffs(rule.degree)
             self.poly = nn.Parameter(torch.log(torch.expm1(a)).expand(num_heads, -1).clone())
-        if rule.feature_map == "exp":  # s = softplus(σ) per head (:func:`exp_kernel_step`)
+        if rule.feature_map == "exp":  # s = softplus(σ) per head: exp(s q·k) (MemoryMixer's docstring)
             s = math.sqrt(head_dim) if exp_scale_init is None else exp_scale_init
             self.exp_scale = nn.Parameter(torch.full((num_heads,), inverse_softplus(s)))
             self.register_load_state_dict_pre_hook(_unit_exp_scale)
@@ -184,7 +174,7 @@ class RuleParameters(nn.Module):
         if "feature_coeffs" in out and self.poly_normalised_step:
             out["lr"] = normalised_step(self.rule, out["feature_coeffs"].sum(-1), out["lr"])
         if "feature_scale" in out:
-            out["lr"] = exp_kernel_step(self.rule, out["feature_scale"], out["lr"])
+            out["lr"] = normalised_step(self.rule, torch.exp(out["feature_scale"]), out["lr"])
         return out
 
     def feature_parameters(self) -> dict:
@@ -214,9 +204,11 @@ class MemoryMixer(RuleParameters):
     window gates lie in ``(0, 1/c)``, Muon's in ``(0, 1)`` (:func:`window_gates`). The ``exp`` kernel memory learns
     an inverse temperature per head, ``exp(s q·k)``, from ``exp_scale_init`` (default ``sqrt(head_dim)``; ``1``
     starts from the unscaled kernel of earlier versions, which is what a state dict without it loads with), and
-    normalises a delta step by ``e^s`` (:func:`exp_kernel_step`). The ``poly`` memory's step is normalised by its
-    keys' squared feature norm ``Σ_i a_i`` (:func:`normalised_step`; ``poly_normalised_step=False``: the earlier
-    step, under which a trained OmegaNet's repeated key diverged)."""
+    normalises a delta step by ``e^s`` (:func:`normalised_step`). Unit q and k without ``s`` keep ``exp(q·k)`` in
+    ``[e⁻¹, e]``: an exactly matching key among 64 random ones got 4% of the read, so DeepTransformers / SWDT / Dot
+    could not recall; ``sqrt(head_dim)`` is the logit a matching key gets in softmax attention. The ``poly``
+    memory's step is normalised by its keys' squared feature norm ``Σ_i a_i`` (:func:`normalised_step`;
+    ``poly_normalised_step=False``: the earlier step, under which a trained OmegaNet's repeated key diverged)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, rule: MemoryRule,
                  conv_size: int = 4, activation: str | None = "silu", channel_gates: bool = False,

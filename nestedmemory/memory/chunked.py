@@ -67,13 +67,12 @@ def run(rule, s, state, *, factors_at=None, segments=None):
     writes = {name: chunks(x) for name, x in _write_tokens(rule, s, off, c, n_chunks, grid).items()}
     coef = {name: chunks(x) for name, x in coef.items()}
     q, q_raw, lr, retain = chunks(grid(s.q)), chunks(grid(s.q_raw)), chunks(lr), chunks(retain)
-    soup = None if s.soup is None else (chunks(grid(s.soup[0])), [g.movedim(-1, 0).unsqueeze(-1) for g in
-                                                                   chunks(grid(s.soup[1]))])
+    soup = None if s.soup is None else (chunks(grid(s.soup[0])), chunks(grid(s.soup[1])))
 
     weights, momentum = list(state.weights), state.momentum
     anchor, lag_acc, lag_decay = state.anchor, state.lag_acc, state.lag_decay
-    store_muon = None if rule.learner != "muon" else \
-        not torch.is_grad_enabled() or _muon_stored_bytes(rule, s, weights, n_chunks) <= MUON_STORED_BYTES
+    recompute = rule.learner == "muon" and torch.is_grad_enabled() and \
+        _muon_stored_bytes(rule, s, weights, n_chunks) > MUON_STORED_BYTES
     outs = []
     for n in range(n_chunks):
         if lag[n]:
@@ -88,8 +87,8 @@ def run(rule, s, state, *, factors_at=None, segments=None):
         chunk_coef = {name: x[n] for name, x in coef.items()}
         if soup is not None:
             chunk_coef["soup"] = (soup[0][n], soup[1][n], s.soup[2])
-        if store_muon is not None:
-            chunk_coef["checkpoint"] = not store_muon
+        if recompute:
+            chunk_coef["checkpoint"] = True
         out, weights, momentum = segments[rule.learner](rule, q[n], q_raw[n], weights, momentum,
                                                         factors, chunk_coef)
         outs.append(out)
@@ -299,14 +298,14 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
     return out, new_w, new_s
 
 
-#: above this many bytes of per-token weights and Newton–Schulz iterates over the sequence, Muon's chunks are
+#: above this many bytes of per-token momenta and Newton–Schulz iterates over the sequence, Muon's chunks are
 #: recomputed in the backward instead of stored (:func:`_muon_segment`).
 MUON_STORED_BYTES = 512 * 2**20
 
 
 def _muon_stored_bytes(rule, s, weights, n_chunks) -> int:
     """What the backward of every Muon chunk would keep: per token and weight the momentum, the ``ns_steps``
-    iterates (three tensors each) and the weights, in the memory's dtype."""
+    iterates (three tensors each) and the orthogonalised update, in the memory's dtype."""
     b, h = s.q.shape[:2]
     per_token = sum(w.shape[-2] * w.shape[-1] for w in weights) * (2 + 3 * rule.ns_steps)
     return n_chunks * rule.chunk_size * b * h * per_token * s.q.element_size()
@@ -317,7 +316,7 @@ def _muon_segment(rule, q, q_raw, weights, momentum, factors, coef):
     ``NS_k(S_t)`` is applied to all of them in parallel, then ``W_t = β_t W_0 + Σ_{j≤t} (β_t/β_j) θ_j NS_k(S_j)``.
 
     On long sequences (``coef["checkpoint"]``: more than :data:`MUON_STORED_BYTES` over the sequence) the per-token
-    weights and Newton–Schulz iterates of a chunk are recomputed in the backward (activation checkpointing)
+    momenta and Newton–Schulz iterates of a chunk are recomputed in the backward (activation checkpointing)
     instead of stored: kept for every chunk they take O(T · weights) memory (gigabytes at 4K); below it, storing
     them saves the recomputation (a third of a short sequence's fwd+bwd)."""
     if coef.get("checkpoint"):

@@ -117,11 +117,12 @@ def write_factors(rule: MemoryRule, cache, d_out, weights):
 def souped(mm, soup):
     """``mm`` of Memory Soup's per-token memory ``θ*_t = γ_t W_t + Σ_n γ_{t,n} W^{(n)}`` (MC Eq. 14–15; a layer's
     output is linear in its weights, so ``h θ*_t = γ_t (h W_t) + Σ_n γ_{t,n} (h W^{(n)})``), or ``mm`` itself when
-    ``soup`` is ``None``. ``soup = (γ [B, H, C, 1], γ_n [N, B, H, C, 1], cached)``, ``cached`` one
+    ``soup`` is ``None``. ``soup = (γ [B, H, C, 1], γ_n [B, H, C, N], cached)``, ``cached`` one
     ``[N, B, H, in, out]`` per layer; ``mm`` the products with the online weights ``W_t``."""
     if soup is None:
         return mm
     gamma, gammas, cached = soup
+    gammas = gammas.movedim(-1, 0).unsqueeze(-1)
     return lambda layer, h: gamma * mm(layer, h) + (gammas * (h @ cached[layer])).sum(0)
 
 

@@ -40,8 +40,7 @@ def run(rule, s, state):
             weights, momentum = learn(rule, weights, momentum, grads, inputs, lr, retain, mom)
             if lag_decay is not None:
                 lag_decay = lag_decay * retain
-        soup = None if s.soup is None else (s.soup[0][:, :, j:j + 1], s.soup[1][:, :, j:j + 1].movedim(-1, 0)
-                                            .unsqueeze(-1), s.soup[2])
+        soup = None if s.soup is None else (s.soup[0][:, :, j:j + 1], s.soup[1][:, :, j:j + 1], s.soup[2])
         out, _ = forward(rule, s.q[:, :, j:j + 1], s.q_raw[:, :, j:j + 1], souped(explicit(weights), soup))
         outs.append(out)
         offset += 1
