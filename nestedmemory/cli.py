@@ -6,7 +6,11 @@
 - ``generate``: sample from a run, a checkpoint or a saved model;
 - ``bench``: the benchmark scripts, or a quick tokens/s measure of a model;
 - ``info``: the memory rules, presets and sizes; ``check`` (the default): verify, on this machine, that the
-  chunk-parallel path reproduces the literal token-by-token rule for every memory rule.
+  chunk-parallel path reproduces the literal token-by-token rule for every memory rule;
+- ``ts train`` / ``ts eval``: time-series models (Chimera, Hydra, TSM2, any preset) trained and tested in the
+  Time-Series-Library protocol (forecast, classify, anomaly; :mod:`nestedmemory.timeseries.train`);
+- ``graph train`` / ``graph eval``: graph sequence models (GSM++, GPS, GatedGCN) on GSM++'s synthetic graph tasks and
+  karate (:mod:`nestedmemory.graphs.train`; needs the ``graphs`` extra).
 
 Settings come from defaults, YAML files (``--config FILE``, e.g. a run's ``config.yaml``) and flags, in that order
 (jsonargparse): ``nestedmemory train --model.preset hope --optim.lr 1e-3 --max_steps 2000``; ``--print_config``
@@ -210,10 +214,55 @@ def bench(args) -> int:
     return 0
 
 
-def build_parser(train_defaults: dict | None = None):
-    """The command line; ``train_defaults`` (nested like ``TrainConfig``) replace the defaults of ``train``."""
+def ts(args) -> int:
+    """``ts train`` / ``ts eval``."""
+    from .timeseries import train as ts_train
+
+    if args.subcommand == "train":
+        summary = ts_train.train(settings(ts_train.TSTrainConfig, args.train))
+        return 130 if summary["interrupted"] else 0
+    ts_train.evaluate(args.eval.run, settings(ts_train.TSEvalConfig, args.eval))
+    return 0
+
+
+def graph(args) -> int:
+    """``graph train`` / ``graph eval``."""
+    from .graphs import train as graph_train
+
+    if args.subcommand == "train":
+        graph_train.train(settings(graph_train.GraphTrainConfig, args.train))
+    else:
+        graph_train.evaluate(args.eval.run, settings(graph_train.GraphEvalConfig, args.eval))
+    return 0
+
+
+def graph_parsers(command) -> dict:
+    """The parsers of ``graph train`` / ``graph eval`` with their help (``command``: a settings parser's
+    constructor). PyG and networkx are optional: a missing one is a :class:`UserError` naming the extra."""
+    try:
+        from .graphs.train import GraphEvalConfig, GraphTrainConfig
+    except ImportError as error:
+        raise UserError(f"graph models need the optional dependencies of the graphs extra (pip install -e "
+                        f"'.[graphs]'): {error}") from None
+    graph_train_p = command(GraphTrainConfig.__doc__.split("\n")[0])
+    graph_train_p.add_class_arguments(GraphTrainConfig, as_group=False)
+    graph_eval_p = command(GraphEvalConfig.__doc__.split("\n")[0])
+    graph_eval_p.add_argument("run", help="a graph run folder or checkpoint")
+    graph_eval_p.add_class_arguments(GraphEvalConfig, as_group=False)
+    return {"train": (graph_train_p, "train a graph model"),
+            "eval": (graph_eval_p, "test a graph run on its test split")}
+
+
+GRAPH_HELP = "graphs: train or evaluate GSM++, GPS or GatedGCN on GSM++'s synthetic tasks or karate"
+
+
+def build_parser(train_defaults: dict | None = None, ts_train_defaults: dict | None = None, graphs: bool = False):
+    """The command line; ``train_defaults`` (nested like ``TrainConfig``) replace the defaults of ``train``,
+    ``ts_train_defaults`` those of ``ts train``. ``graph`` gets its flags only with ``graphs`` (the command line
+    starts with it): PyG is optional and slow to import."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    from .timeseries.train import TSEvalConfig, TSTrainConfig
     from .train.bench import BenchConfig
 
     def command(description: str) -> ArgumentParser:
@@ -243,17 +292,42 @@ def build_parser(train_defaults: dict | None = None):
     bench_p.add_argument("--quick", action="store_true", help="pass --quick to the script")
     bench_p.add_class_arguments(BenchConfig, as_group=False)
 
+    ts_train_p = command(TSTrainConfig.__doc__.split("\n")[0])
+    ts_train_p.add_class_arguments(TSTrainConfig, as_group=False)
+    if ts_train_defaults:
+        ts_train_p.set_defaults(ts_train_defaults)
+
+    ts_eval_p = command(TSEvalConfig.__doc__.split("\n")[0])
+    ts_eval_p.add_argument("run", help="a time-series run folder or checkpoint")
+    ts_eval_p.add_class_arguments(TSEvalConfig, as_group=False)
+
+    ts_p = ArgumentParser(description="Time-series models in the Time-Series-Library protocol.", exit_on_error=False)
+    graph_p = ArgumentParser(description=GRAPH_HELP, exit_on_error=False)
+    graph_subs = graph_parsers(command) if graphs else {}
+
     parser = ArgumentParser(prog="nestedmemory", description=__doc__, exit_on_error=False)
     commands = parser.add_subcommands(required=False, dest="command")
     for name, sub, text in (("check", check_p, "verify the memory core (the default)"),
                             ("info", ArgumentParser(exit_on_error=False), "list the memory rules, presets and sizes"),
                             ("train", train_p, "train a model"), ("eval", eval_p, "evaluate a model"),
-                            ("generate", generate_p, "sample from a model"), ("bench", bench_p, "benchmarks")):
+                            ("generate", generate_p, "sample from a model"), ("bench", bench_p, "benchmarks"),
+                            ("ts", ts_p, "time series: train or evaluate a forecaster, classifier, anomaly detector"),
+                            ("graph", graph_p, GRAPH_HELP)):
         commands.add_subcommand(name, sub, help=text)
+    ts_commands = ts_p.add_subcommands(required=True, dest="subcommand")  # after ts_p's own (jsonargparse's order)
+    ts_commands.add_subcommand("train", ts_train_p, help="train a time-series model")
+    ts_commands.add_subcommand("eval", ts_eval_p, help="test a time-series run on its test split")
+    if graph_subs:
+        graph_commands = graph_p.add_subcommands(required=True, dest="subcommand")
+        for name, (sub, text) in graph_subs.items():
+            graph_commands.add_subcommand(name, sub, help=text)
     return parser
 
 
-COMMANDS = {"check": check, "info": info, "train": train, "eval": evaluate, "generate": generate, "bench": bench}
+COMMANDS = {"check": check, "info": info, "train": train, "eval": evaluate, "generate": generate, "bench": bench,
+            "ts": ts, "graph": graph}
+#: the commands with subcommands (``ts train``, ``graph eval``, …).
+GROUPS, SUBCOMMANDS = ("ts", "graph"), ("train", "eval")
 
 
 def settings(cls, args):
@@ -261,15 +335,15 @@ def settings(cls, args):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def saved_settings(resume: str) -> dict:
+def saved_settings(resume: str, cls=TrainConfig) -> dict:
     """The settings of the run ``resume`` names (a run folder or a checkpoint; the config saved in its newest
-    checkpoint), as defaults of ``train``: the fields of today's TrainConfig only, and not ``out`` or ``resume``,
-    which say where this command reads and writes."""
+    checkpoint), as defaults of ``train`` (``ts train``: ``cls`` TSTrainConfig): the fields of today's ``cls``
+    only, and not ``out`` or ``resume``, which say where this command reads and writes."""
     from .train import checkpoint
 
     state = checkpoint.trainer_state(checkpoint.resolve(resume), mmap=True)  # the weights are read by the trainer
-    saved = {k: v for k, v in state["config"].items() if k not in ("out", "resume")}
-    return known_fields(TrainConfig, saved)
+    saved = {k: v for k, v in state.get("config", {}).items() if k not in ("out", "resume")}
+    return known_fields(cls, saved)
 
 
 def known_fields(cls, values: dict) -> dict:
@@ -284,13 +358,18 @@ def known_fields(cls, values: dict) -> dict:
 
 
 def parse(argv: list[str]):
-    """The parsed, validated command line. ``train --resume RUN`` (``resume`` given as a flag or in a ``--config``
-    file) is parsed twice: once to find RUN, then with RUN's saved settings as the defaults, so the run continues
-    as it was started and only the flags given beside ``--resume`` change it."""
-    parser = build_parser()
+    """The parsed, validated command line. ``train --resume RUN`` and ``ts train --resume RUN`` (``resume`` given
+    as a flag or in a ``--config`` file) are parsed twice: once to find RUN, then with RUN's saved settings as the
+    defaults, so the run continues as it was started and only the flags given beside ``--resume`` change it."""
+    from .timeseries.train import TSTrainConfig
+
+    graphs = argv[:1] == ["graph"]
+    parser = build_parser(graphs=graphs)
     first = parser.parse_args([arg for arg in argv if not arg.startswith("--print_config")])
     if first.command == "train" and first.train.resume is not None:
         parser = build_parser(saved_settings(first.train.resume))
+    elif first.command == "ts" and first.ts.subcommand == "train" and first.ts.train.resume is not None:
+        parser = build_parser(ts_train_defaults=saved_settings(first.ts.train.resume, TSTrainConfig))
     return parser.instantiate(parser.parse_args(argv))
 
 
@@ -310,10 +389,13 @@ def main(argv=None) -> int:
     logging.disable_progress_bar()
     argv = underscored(sys.argv[1:] if argv is None else list(argv)) or ["check"]
     name = argv[0] if argv[0] in COMMANDS else None
+    if name in GROUPS and len(argv) > 1 and argv[1] in SUBCOMMANDS:
+        name = f"{name} {argv[1]}"
     try:
         args = parse(argv)
-        name = args.command or "check"
-        return COMMANDS[name](args.get(name) or args)
+        command = args.command or "check"
+        name = f"{command} {args.get(command).subcommand}" if command in GROUPS else command
+        return COMMANDS[command](args.get(command) or args)
     except (ArgumentError, UserError, FileNotFoundError) as error:
         print(f"nestedmemory{f' {name}' if name else ''}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

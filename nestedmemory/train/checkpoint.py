@@ -64,6 +64,21 @@ def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, t
     """Write checkpoint ``step`` of ``run_dir`` (skipped if it exists) — the model's ``PretrainedConfig`` and full
     weights, the tokenizer, the trainer state — then :func:`rotate`. ``keep`` < 1 raises ``ValueError`` before
     anything is written or deleted."""
+
+    def write(folder: Path) -> None:
+        model_config.save_pretrained(folder)
+        save_weights(model_state, folder / WEIGHTS)
+        tokenizer.save(folder)
+        torch.save(trainer_state, folder / STATE)
+
+    return save_folder(run_dir, step, write, keep)
+
+
+def save_folder(run_dir: Path, step: int, write, keep: int) -> Path:
+    """Write checkpoint ``step`` of ``run_dir`` (skipped if it exists) atomically: ``write(folder)`` fills a hidden
+    temporary folder, whose files are flushed to disk before it is renamed into place; then :func:`link_newest`
+    and :func:`rotate`. The checkpoint writer of every trainer (``save`` above; the time-series trainer's). ``keep``
+    < 1 raises ``ValueError`` before anything is written or deleted."""
     if keep < 1:
         raise ValueError(f"keep_checkpoints must be >= 1 (the checkpoint just written is kept), got {keep}")
     final = run_dir / checkpoint_name(step)
@@ -71,10 +86,8 @@ def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, t
         return final
     temporary = run_dir / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
-    model_config.save_pretrained(temporary)
-    save_file({name: t.contiguous() for name, t in model_state.items()}, temporary / WEIGHTS, metadata={"format": "pt"})
-    tokenizer.save(temporary)
-    torch.save(trainer_state, temporary / STATE)
+    temporary.mkdir(parents=True)
+    write(temporary)
     for file in temporary.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
@@ -82,6 +95,11 @@ def save(run_dir: Path, step: int, model_config, model_state: dict, tokenizer, t
     link_newest(run_dir)
     rotate(run_dir, step, keep)
     return final
+
+
+def save_weights(state: dict, path: Path) -> None:
+    """``state`` (name → tensor) as a safetensors file."""
+    save_file({name: t.contiguous() for name, t in state.items()}, path, metadata={"format": "pt"})
 
 
 def link_newest(run_dir: Path) -> None:

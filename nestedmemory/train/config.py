@@ -341,11 +341,12 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def incompatible(saved: dict, current: TrainConfig) -> list[str]:
-    """The settings of ``current`` that differ from the checkpoint's ``saved`` config (``asdict`` form), outside
-    :data:`RESUMABLE_FIELDS`, as ``"key: saved → current"`` lines."""
+def incompatible(saved: dict, current, resumable: frozenset = RESUMABLE_FIELDS) -> list[str]:
+    """The settings of ``current`` (a settings dataclass) that differ from the checkpoint's ``saved`` config
+    (``asdict`` form), outside ``resumable`` (the fields a resumed run may change), as ``"key: saved → current"``
+    lines."""
     before, after = flatten(saved), flatten(dataclasses.asdict(current))
-    keys = sorted(k for k in before.keys() | after.keys() if k.split(".")[0] not in RESUMABLE_FIELDS)
+    keys = sorted(k for k in before.keys() | after.keys() if k.split(".")[0] not in resumable)
     changed = [k for k in keys if _normal(before.get(k)) != _normal(after.get(k))]
     return [f"{k}: {before.get(k)!r} → {after.get(k)!r}" for k in changed]
 

@@ -81,3 +81,11 @@ def ensure_free(run_dir: str | Path) -> None:
     if Path(run_dir).is_dir():
         with RunLock(run_dir):
             pass
+
+
+def ensure_new(run_dir: str | Path, hint: str = "choose another --out") -> None:
+    """Raise :class:`UserError` if ``run_dir`` holds anything but a stale lock file (``hint`` says what to do
+    instead), or a live process holds it: a new run starts in a new or empty folder."""
+    ensure_free(run_dir)
+    if Path(run_dir).exists() and any(path.name != LOCK_FILE for path in Path(run_dir).iterdir()):
+        raise UserError(f"run folder {run_dir} already exists; {hint}")

@@ -32,7 +32,7 @@ def restart(source: Path, destination: Path, step: int) -> None:
     os.replace(temporary, destination)
 
 
-def plot(records: list[dict], path: Path, title: str) -> None:
+def plot(records: list[dict], path: Path, title: str, ylabel: str = "loss (nats / token)") -> None:
     """Training and validation loss against step, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
@@ -44,7 +44,7 @@ def plot(records: list[dict], path: Path, title: str) -> None:
         if points:
             axes.plot(*zip(*points), style, label=label, markersize=4)
     axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats / token)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
     if axes.lines:

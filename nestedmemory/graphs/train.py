@@ -1,0 +1,405 @@
+"""Training and evaluation of graph sequence models on GSM++'s tasks (Behrouz et al., ICML 2025, arXiv 2411.15671;
+:mod:`nestedmemory.graphs.tasks`): ``nestedmemory graph train`` and ``nestedmemory graph eval``.
+
+The protocol: epochs over the shuffled training graphs (AdamW, the learning rate decayed to 0 over the run on a
+cosine, gradient norm clipped); after every epoch the validation and test splits are scored, the weights of the
+best validation score so far are kept (accuracy; RMSE for triangle counts and shortest paths; a tie counts as
+better) and training stops early after ``patience`` epochs without a better one; the best model is tested.
+
+The run folder is the other trainers' (:mod:`nestedmemory.train.loop`, :mod:`nestedmemory.timeseries.train`):
+``config.yaml``, ``metrics.jsonl`` (one record per epoch), ``loss.png``, ``checkpoint-NNNNNN/`` folders written
+atomically (:func:`~nestedmemory.train.checkpoint.save_folder`) with the newest linked into the run folder, the
+run-folder lock, then ``results.json``. A checkpoint is ``config.json`` (the task and the arguments of
+:func:`~nestedmemory.graphs.models.build_model`: what ``graph eval`` rebuilds the model from), ``model.safetensors``
+(the best weights so far) and ``trainer_state.pt`` (the current weights, optimizer, epoch, step, best score and the
+run's settings). A NaN or infinite loss, gradient, score or weight stops the run with one line before it reaches a
+checkpoint. Needs ``networkx`` and ``torch_geometric``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch_geometric.data import Batch
+from tqdm import tqdm
+
+from ..tasks.report import markdown_table, write_report
+from ..train import checkpoint, lock, metrics
+from ..train.config import (
+    AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, InvalidSetting, Limit, Settings, check_device, check_folder, check_names,
+)
+from ..train.errors import CheckpointError, NonFiniteError
+from .branches import TOKENIZATIONS
+from .mixers import NAMED
+from .models import MODELS, build_model, count_parameters
+from .tasks import TASKS, GraphTask, make_task
+
+LOCALS = ("gatedgcn", "none")
+NORMS = ("layer_norm", "batch_norm", "none")
+CONFIG_FILE, RESULTS_FILE, MODEL_CONFIG = "config.yaml", "results.json", "config.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class GraphTrainConfig(Settings):
+    """Train a graph sequence model (GSM++, GPS, GatedGCN) on a graph task; write a run folder.
+
+    Args:
+        task: degree, cycle, triangles, connectivity, colors, shortest_path (GSM++'s synthetic tasks) or karate
+            (Zachary's karate club, node classification)
+        model: gsm++ (any tokenisation and global mixer), gps (PyG's GPSConv) or gatedgcn
+        mixer: gsm++'s global encoder: hybrid (2 × mamba2 + attention), attention, or a preset (mamba2, titans-lmm,
+            …)
+        tokenization: gsm++'s tokenisation: hac_dfs, degree, random, none (one sequence per graph), khop, hac_bfs
+            (one per node) or mixture
+        local: gsm++'s local MPNN in every layer: gatedgcn, or none (the global branch alone)
+        pe: GSM++'s hierarchical positional encoding (every model)
+        hidden: width
+        layers: layers
+        heads: attention heads
+        norm: layer_norm (PyG's, per graph), batch_norm or none
+        train_graphs: graphs in the training split (synthetic tasks)
+        val_graphs: graphs in the validation split
+        test_graphs: graphs in the test split
+        min_nodes: fewest nodes of a synthetic graph
+        max_nodes: most nodes of a synthetic graph
+        num_colors: colours of the colour-counting task
+        data_seed: seed of the synthetic graphs (karate: of its node split)
+        batch_size: graphs per step
+        lr: AdamW learning rate (decayed to 0 on a cosine)
+        weight_decay: AdamW weight decay
+        clip: gradient norm clip
+        epochs: training epochs
+        patience: epochs without a better validation score before stopping early
+        keep_checkpoints: checkpoints kept in the run folder (the newest)
+        out: run folder (default ``runs/graph-<model>-<task>-<date>-<time>``)
+        seed: random seed of initialisation and data order
+        device: ``cpu``, ``cuda`` (default: cuda if available)
+        progress: show a progress bar
+    """
+
+    task: str = "colors"
+    model: str = "gsm++"
+    mixer: str = "hybrid"
+    tokenization: str = "hac_dfs"
+    local: str = "gatedgcn"
+    pe: bool = True
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    norm: str = "layer_norm"
+    train_graphs: int = 256
+    val_graphs: int = 64
+    test_graphs: int = 256
+    min_nodes: int = 8
+    max_nodes: int = 24
+    num_colors: int = 3
+    data_seed: int = 0
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    epochs: int = 30
+    patience: int = 10
+    keep_checkpoints: int = 2
+    out: str | None = None
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+    LIMITS = {"hidden": AT_LEAST_ONE, "layers": AT_LEAST_ONE, "heads": AT_LEAST_ONE, "train_graphs": AT_LEAST_ONE,
+              "val_graphs": AT_LEAST_ONE, "test_graphs": AT_LEAST_ONE, "min_nodes": Limit(5),
+              "max_nodes": Limit(5), "num_colors": AT_LEAST_ONE, "data_seed": NON_NEGATIVE,
+              "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "clip": POSITIVE,
+              "epochs": AT_LEAST_ONE, "patience": AT_LEAST_ONE, "keep_checkpoints": AT_LEAST_ONE,
+              "seed": NON_NEGATIVE}
+
+    def check(self) -> None:
+        """Known names, consistent sizes, a device this machine has, an ``out`` that can be a folder — before
+        anything is generated or written."""
+        from ..models import PRESETS
+
+        check_names("task", "task", [self.task], TASKS)
+        check_names("model", "model", [self.model], MODELS)
+        check_names("mixer", "mixer", [self.mixer], [*NAMED, *PRESETS])
+        check_names("tokenization", "tokenization", [self.tokenization], [*TOKENIZATIONS, "mixture"])
+        check_names("local", "local MPNN", [self.local], LOCALS)
+        check_names("norm", "norm", [self.norm], NORMS)
+        if self.max_nodes < self.min_nodes:
+            raise InvalidSetting(f"--max_nodes {self.max_nodes} is below --min_nodes {self.min_nodes}")
+        if self.hidden % self.heads:
+            raise InvalidSetting(f"--heads {self.heads} must divide --hidden {self.hidden} (attention heads)")
+        check_device("device", self.device)
+        check_folder("out", self.out)
+
+
+@dataclass
+class GraphEvalConfig(Settings):
+    """Test a graph run's model (its best checkpoint) on the run's test split; print a table, write eval.md and
+    eval.json.
+
+    Args:
+        batch_size: graphs per forward pass (default: the run's)
+        out: folder of the table (default: the run folder)
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``
+    """
+
+    batch_size: int | None = None
+    out: str | None = None
+    device: str | None = None
+
+    def check(self) -> None:
+        if self.batch_size is not None and AT_LEAST_ONE.problem(self.batch_size):
+            raise InvalidSetting(f"--batch_size {AT_LEAST_ONE.problem(self.batch_size)}")
+        check_device("device", self.device)
+        check_folder("out", self.out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data and model
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_data(config: GraphTrainConfig) -> tuple[GraphTask, dict[str, list]]:
+    """The task and its ``train`` / ``val`` / ``test`` splits (:func:`~nestedmemory.graphs.tasks.make_task`)."""
+    sizes = dict(train=config.train_graphs, val=config.val_graphs, test=config.test_graphs)
+    return make_task(config.task, sizes, num_nodes=(config.min_nodes, config.max_nodes), num_colors=config.num_colors,
+                     seed=config.data_seed)
+
+
+def build(config: GraphTrainConfig, task: GraphTask, example):
+    """``config.model`` for ``task`` (``example``: a graph of its data), initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return build_model(config.model, example.x.shape[1], config.hidden, task.outputs, config.layers, task.level,
+                       tokenization=config.tokenization, mixer=config.mixer, pe=config.pe,
+                       conv=None if config.local == "none" else config.local, heads=config.heads,
+                       norm=None if config.norm == "none" else config.norm, pe_levels=task.levels - 1)
+
+
+def batches(graphs: list, batch_size: int, order=None):
+    """PyG batches of ``graphs`` in ``order`` (default: as stored), the last one smaller."""
+    order = range(len(graphs)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        yield Batch.from_data_list([graphs[int(i)] for i in order[start:start + batch_size]])
+
+
+@torch.no_grad()
+def test_scores(model, task: GraphTask, graphs: list, batch_size: int, device) -> dict[str, float]:
+    """``task.scores`` of ``model`` (in eval mode) over every scored node or graph of ``graphs``."""
+    was_training = model.training
+    model.eval()
+    pairs = [task.select(model(batch.to(device)), batch) for batch in batches(graphs, batch_size)]
+    model.train(was_training)
+    return task.scores(torch.cat([p[0] for p in pairs]).cpu(), torch.cat([p[1] for p in pairs]).cpu())
+
+
+def finite_scores(scores: dict[str, dict], where: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first NaN or infinite score of ``{split: {name: value}}``."""
+    for split, values in scores.items():
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise NonFiniteError(f"{where}: the {split} {name} is {value} (not finite): the model's weights or "
+                                     "outputs are NaN or infinite")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------------
+
+def train(config: GraphTrainConfig) -> dict:
+    """Run ``config``; returns ``run_dir``, ``step``, ``epoch``, ``best_epoch`` and ``results`` (the test scores of
+    the best model). Problems with the inputs raise :class:`~nestedmemory.train.errors.UserError` before anything is
+    written; a NaN or infinite step, score or weight raises :class:`NonFiniteError`, leaving the newest checkpoint
+    (the last finite state) as it was."""
+    return Trainer(config).run()
+
+
+class Trainer:
+    def __init__(self, config: GraphTrainConfig):
+        self.config = config
+        self.run_dir = Path(config.out or f"runs/graph-{config.model}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        lock.ensure_new(self.run_dir)
+        self.task, self.splits = load_data(config)
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = build(config, self.task, self.splits["train"][0]).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.per_epoch = math.ceil(len(self.splits["train"]) / config.batch_size)
+        total = config.epochs * self.per_epoch
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                          lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        #: epochs and steps done; the best validation (``score``, ``epoch``, ``step``) and its weights; epochs since
+        self.epoch, self.step, self.best, self.best_weights, self.counter = 0, 0, None, None, 0
+
+    def run(self) -> dict:
+        """Train in the run folder, holding its lock (released however the run ends), then test the best model."""
+        run_lock = lock.RunLock(self.run_dir)
+        run_lock.acquire()
+        try:
+            self._start_run_folder()
+            bar = tqdm(total=self.config.epochs * self.per_epoch, unit="step", dynamic_ncols=True,
+                       disable=not self.config.progress)
+            with bar:
+                while self.epoch < self.config.epochs and self.counter < self.config.patience:
+                    self._train_epoch(bar)
+            return dict(run_dir=str(self.run_dir), step=self.step, epoch=self.epoch, best_epoch=self.best["epoch"],
+                        results=self._finish())
+        finally:
+            run_lock.release()
+
+    def _train_epoch(self, bar) -> None:
+        """One epoch in a seeded order, then its scores, the best weights, the metrics record and a checkpoint."""
+        config, train = self.config, self.splits["train"]
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed * 1_000_003
+                                                                                   + self.epoch))
+        total = 0.0
+        for batch in batches(train, config.batch_size, order):
+            loss = self._train_step(batch.to(self.device))
+            total += loss
+            bar.update()
+            bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", refresh=False)
+        self.epoch += 1
+        scores = {split: test_scores(self.model, self.task, self.splits[split], config.batch_size, self.device)
+                  for split in ("val", "test")}
+        finite_scores(scores, f"epoch {self.epoch} (step {self.step})")
+        headline = self.task.headline
+        measure = scores["val"][headline] * (1 if self.task.higher_is_better else -1)
+        if self.best is None or measure >= self.best["score"]:  # a tie counts as better
+            self.best, self.counter = dict(score=measure, epoch=self.epoch, step=self.step), 0
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.counter += 1
+        record = dict(epoch=self.epoch, step=self.step, lr=self.schedule.get_last_lr()[0],
+                      loss=total / self.per_epoch, **{f"{split}_{name}": v for split, values in scores.items()
+                                                      for name, v in values.items()}, best_epoch=self.best["epoch"])
+        metrics.append(self.run_dir / metrics.METRICS, record)
+        early = (f"; no better validation {headline} for {self.counter} epochs: stopping early"
+                 if self.counter >= config.patience else "")
+        bar.write(f"epoch {self.epoch} (step {self.step}): loss {record['loss']:.4g}, val {headline} "
+                  f"{scores['val'][headline]:.4g}, test {headline} {scores['test'][headline]:.4g}; best epoch "
+                  f"{self.best['epoch']}{early}")
+        self._save()
+
+    def _train_step(self, batch) -> float:
+        """One AdamW step; its loss. The loss and gradient norm are checked before ``optimizer.step()``: a NaN or
+        infinite update never reaches the weights."""
+        loss = self.task.loss(*self.task.select(self.model(batch), batch))
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip).item()
+        value = loss.item()
+        if not (math.isfinite(value) and math.isfinite(grad_norm)):
+            bad = " and ".join(f"the {name} is {v}" for name, v in (("loss", value), ("gradient norm", grad_norm))
+                               if not math.isfinite(v))
+            saved = checkpoint.checkpoints(self.run_dir)
+            where = f"{saved[-1].name} is the last finite state" if saved else "no checkpoint was written"
+            raise NonFiniteError(f"step {self.step + 1} (epoch {self.epoch + 1}): {bad}; the update was not applied; "
+                                 f"{where}. Try a lower --lr in a new run")
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return value
+
+    # ---------------------------------------------------------------- files
+    def _start_run_folder(self) -> None:
+        (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False))
+        sizes = " / ".join(str(len(self.splits[s])) for s in ("train", "val", "test"))
+        print(f"{self.config.model} ({count_parameters(self.model)} parameters), {self.config.task} (train / val / "
+              f"test graphs: {sizes}), {self.device.type}; run folder {self.run_dir}", flush=True)
+
+    def _save(self) -> Path:
+        """A checkpoint of the current step: ``config.json``, the best weights so far, the trainer state. NaN or
+        infinite weights are never written: :class:`NonFiniteError`."""
+        weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+            raise NonFiniteError(f"step {self.step}: the weights are NaN or infinite, no checkpoint was written")
+        state = dict(config=dataclasses.asdict(self.config), epoch=self.epoch, step=self.step, best=self.best,
+                     counter=self.counter, weights=weights, optimizer=self.optimizer.state_dict())
+
+        def write(folder: Path) -> None:
+            (folder / MODEL_CONFIG).write_text(json.dumps(dict(model=self.model.config, task=self.task.to_dict()),
+                                                          indent=2))
+            checkpoint.save_weights(self.best_weights, folder / checkpoint.WEIGHTS)
+            torch.save(state, folder / checkpoint.STATE)
+
+        path = checkpoint.save_folder(self.run_dir, self.step, write, self.config.keep_checkpoints)
+        metrics.plot(metrics.read(self.run_dir / metrics.METRICS), self.run_dir / metrics.PLOT,
+                     f"{self.config.model}: {self.config.task}",
+                     "cross-entropy" if self.task.kind == "classify" else "MSE (standardised)")
+        return path
+
+    def _finish(self) -> dict:
+        """The best model on the test split: ``results.json`` and a table."""
+        self.model.load_state_dict(self.best_weights)
+        scores = test_scores(self.model, self.task, self.splits["test"], self.config.batch_size, self.device)
+        finite_scores({"test": scores}, "the best model")
+        results = dict(scores, headline=self.task.headline, model=self.config.model, task=self.config.task,
+                       parameters=count_parameters(self.model), graphs=len(self.splits["test"]),
+                       best_epoch=self.best["epoch"], epochs=self.epoch, steps=self.step)
+        (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"Test results of {self.run_dir} (best epoch {results['best_epoch']})\n" + table(results), flush=True)
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation of a saved run
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_run(path: str | Path, device="cpu"):
+    """``(model, task, settings, checkpoint folder)`` of a run folder or checkpoint: the best model in eval mode on
+    ``device``, its :class:`GraphTask` and the run's :class:`GraphTrainConfig`. A missing, truncated or foreign
+    checkpoint raises :class:`CheckpointError`."""
+    folder = checkpoint.resolve(path)
+    weights, state = checkpoint.load(folder)
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict) or "tokenization" not in saved:
+        raise CheckpointError(f"{folder} is not a checkpoint of a graph run")
+    try:
+        described = json.loads((folder / MODEL_CONFIG).read_text(encoding="utf-8"))
+        model, task = build_model(**described["model"]), GraphTask(**described["task"])
+        model.load_state_dict(weights)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"cannot load the model of {folder}: {' '.join(str(error).split())}") from None
+    names = {f.name for f in dataclasses.fields(GraphTrainConfig)}
+    settings = GraphTrainConfig(**{k: v for k, v in saved.items() if k in names and k not in ("out", "device")})
+    return model.to(device).eval(), task, settings, folder
+
+
+def evaluate(run: str | Path, config: GraphEvalConfig) -> dict:
+    """Test the best model of ``run`` on the run's test split (regenerated from its settings); print the table and
+    write ``eval.md`` / ``eval.json`` to ``config.out`` or the run folder. Returns the results."""
+    device = torch.device(config.device or "cpu")
+    model, task, settings, folder = load_run(run, device)
+    test = load_data(settings)[1]["test"]
+    scores = test_scores(model, task, test, config.batch_size or settings.batch_size, device)
+    finite_scores({"test": scores}, f"the model of {folder}")
+    results = dict(scores, headline=task.headline, model=settings.model, task=settings.task,
+                   parameters=count_parameters(model), graphs=len(test), checkpoint=str(folder))
+    out = Path(config.out or (folder.parent if checkpoint.checkpoints(folder.parent) else folder))
+    title = f"Evaluation of {folder} (test split)"
+    markdown, data = write_report(out / "eval.md", title=title, header=HEADER, rows=rows(results), data=results)
+    print(f"{title}\n{table(results)}\nwritten to {markdown} and {data}")
+    return results
+
+
+HEADER = ["metric", "value"]
+
+
+def rows(results: dict) -> list[list]:
+    return [[name, f"{value:.4f}" if isinstance(value, float) else value] for name, value in results.items()]
+
+
+def table(results: dict) -> str:
+    """``results`` as a two-column Markdown table."""
+    return markdown_table(HEADER, rows(results))
+
+
+__all__ = ["GraphTrainConfig", "GraphEvalConfig", "train", "evaluate", "load_run", "load_data"]

@@ -1,0 +1,42 @@
+"""benchmarks/graphs.py (GSM++'s Tables 1–2 analogues) in seconds: ``--quick`` writes every section's tables, the
+orderings and the JSON into a temporary folder, keeping the hand-written notes; ``--section`` replaces only its
+part."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch_geometric")
+pytest.importorskip("networkx")
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
+SPEC = importlib.util.spec_from_file_location("graphs_benchmark", BENCHMARKS / "graphs.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+def test_quick_run_writes_every_section_and_one_section_keeps_the_rest(tmp_path):
+    out = tmp_path / "graphs.md"
+    out.write_text("old tables\n" + bench.NOTES_MARK + "\nmy notes\n")
+    bench.main(["--quick", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(bench.SECTIONS) <= set(data) and data["orderings"]
+    for name in bench.SECTIONS:
+        assert data[name]["quick"] and data[name]["rows"]
+        for row in data[name]["rows"]:
+            assert row["parameters"] > 0 and 0 <= row["accuracy"] <= 1 and len(row["runs"]) == len(bench.QUICK["seeds"])
+    widths = {r["model"]: r["hidden"] for r in data["baselines"]["rows"]}
+    assert set(widths) == {"gsm++", "gps", "gatedgcn"} and widths["gsm++"] == bench.QUICK["hidden"]
+    text = out.read_text()
+    assert "old tables" not in text and text.endswith("my notes\n")
+    for title in ("## Local tasks", "## Global tasks", "## Counting without PE", "## GSM++ against GPS",
+                  "## The paper's orderings", "constant predictor", "k-hop", "**w/o PE**"):
+        assert title in text, title
+
+    bench.main(["--quick", "--section", "counting", "--out", str(out)])  # one section again: the others are kept
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["local"] == data["local"] and again["counting"]["rows"] == data["counting"]["rows"]
