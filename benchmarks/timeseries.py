@@ -53,7 +53,9 @@ NOTES_MARK = "<!-- Hand-written notes below: benchmarks/timeseries.py keeps ever
 #: every model's shared settings: width, depth, patches, optimiser (Adam, TSLib's type1 schedule), budget.
 COMMON = dict(dim=32, layers=2, patch_len=16, stride=8, batch_size=32, lr=1e-3, lradj="type1", patience=3)
 MIXING = {"chimera": {}, "hydra": {}, "tsm2": {}}
-ABLATIONS = {"chimera (coupling=False)": ("chimera", dict(coupling=False)),
+ABLATIONS = {"chimera (time only)": ("chimera", dict(axes=["time"], coupling=False, conv_axis="time",
+                                                     bidirectional=False)),
+             "chimera (coupling=False)": ("chimera", dict(coupling=False)),
              "chimera (one direction)": ("chimera", dict(bidirectional=False)),
              "chimera (not selective)": ("chimera", dict(selective=False)),
              "hydra (variate=none)": ("hydra", dict(variate="none"))}
@@ -124,8 +126,8 @@ def section_forecast(quick: bool) -> dict:
 def kind_of(name: str, options: dict) -> str:
     if name in LIBRARY:
         return "library baseline"
-    if name in ZOO or options.get("coupling") is False or options.get("variate") == "none":
-        return "channel-independent" if name in ZOO or options.get("variate") == "none" else "ablation"
+    if name in ZOO or options.get("variate") == "none" or options.get("axes") == ["time"]:
+        return "channel-independent"
     return "ablation" if options else "channel-mixing"
 
 
@@ -174,7 +176,7 @@ def section_classify(quick: bool) -> dict:
             for label, accuracy in sklearn_classifiers({k: v for k, v in settings.items()
                                                         if k not in ("patch_len", "stride", "epochs")}).items():
                 rows.append(dict(set=set_name, model=label, accuracy=(accuracy, 0.0), parameters=None, seconds=None))
-    return dict(config=dict(cfg, **COMMON), rows=rows, skipped=skipped)
+    return dict(config=dict(cfg, **{**COMMON, "patience": cfg["patience"]}), rows=rows, skipped=skipped)
 
 
 # ---------------------------------------------------------------------------------------------- anomaly

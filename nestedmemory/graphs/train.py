@@ -220,6 +220,7 @@ def train(config: GraphTrainConfig) -> dict:
     the best model). Problems with the inputs raise :class:`~nestedmemory.train.errors.UserError` before anything is
     written; a NaN or infinite step, score or weight raises :class:`NonFiniteError`, leaving the newest checkpoint
     (the last finite state) as it was."""
+    torch.set_flush_denormal(True)  # as the other trainers: decaying SSM states reach denormals, slow on CPUs
     return Trainer(config).run()
 
 
@@ -376,6 +377,7 @@ def load_run(path: str | Path, device="cpu"):
 def evaluate(run: str | Path, config: GraphEvalConfig) -> dict:
     """Test the best model of ``run`` on the run's test split (regenerated from its settings); print the table and
     write ``eval.md`` / ``eval.json`` to ``config.out`` or the run folder. Returns the results."""
+    torch.set_flush_denormal(True)
     device = torch.device(config.device or "cpu")
     model, task, settings, folder = load_run(run, device)
     test = load_data(settings)[1]["test"]
