@@ -105,7 +105,7 @@ def test_a_nan_step_stops_the_run_and_keeps_the_checkpoints(tmp_path, capsys, mo
 
     monkeypatch.setattr(tasks.GraphTask, "loss", poisoned)
     err = one_line_error(capsys, ["graph", "train", *TINY, "--task", "cycle", "--epochs", "3", "--out", str(run)])
-    assert "the loss is nan" in err and "checkpoint-000002 is the last finite state" in err
+    assert "the loss is nan" in err and "checkpoint-000002, is the last finite state" in err
     saved = checkpoint.checkpoints(run)
     assert [p.name for p in saved] == ["checkpoint-000002"]
     weights, state = checkpoint.load(saved[0])

@@ -296,13 +296,7 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip).item()
         value = loss.item()
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            bad = " and ".join(f"the {name} is {v}" for name, v in (("loss", value), ("gradient norm", grad_norm))
-                               if not math.isfinite(v))
-            saved = checkpoint.checkpoints(self.run_dir)
-            where = f"{saved[-1].name} is the last finite state" if saved else "no checkpoint was written"
-            raise NonFiniteError(f"step {self.step + 1} (epoch {self.epoch + 1}): {bad}; the update was not applied; "
-                                 f"{where}. Try a lower --lr in a new run")
+        checkpoint.check_update(value, grad_norm, f"step {self.step + 1} (epoch {self.epoch + 1})", self.run_dir)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -319,9 +313,7 @@ class Trainer:
     def _save(self) -> Path:
         """A checkpoint of the current step: ``config.json``, the best weights so far, the trainer state. NaN or
         infinite weights are never written: :class:`NonFiniteError`."""
-        weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
-            raise NonFiniteError(f"step {self.step}: the weights are NaN or infinite, no checkpoint was written")
+        weights = checkpoint.finite_weights(self.model, self.step, self.run_dir)
         state = dict(config=dataclasses.asdict(self.config), epoch=self.epoch, step=self.step, best=self.best,
                      counter=self.counter, weights=weights, optimizer=self.optimizer.state_dict())
 

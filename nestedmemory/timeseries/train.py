@@ -551,21 +551,10 @@ class Trainer:
         clip = CLASSIFY_CLIP if self.config.task == "classify" else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         value = loss.item()
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            bad = " and ".join(f"the {name} is {v}" for name, v in (("loss", value), ("gradient norm", grad_norm))
-                               if not math.isfinite(v))
-            raise NonFiniteError(f"step {self.step + 1} (epoch {self.epoch + 1}): {bad}; the update was not "
-                                 f"applied. {self._last_state()}")
+        checkpoint.check_update(value, grad_norm, f"step {self.step + 1} (epoch {self.epoch + 1})", self.run_dir)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return value
-
-    def _last_state(self) -> str:
-        """Where the last finite state is, and what to try."""
-        saved = checkpoint.checkpoints(self.run_dir)
-        where = (f"the newest checkpoint of {self.run_dir}, {saved[-1].name}, is the last finite state" if saved
-                 else f"no checkpoint was written to {self.run_dir}")
-        return f"Nothing was saved: {where}. Try a lower --lr in a new run"
 
     def _end_epoch(self, bar) -> None:
         """The end of an epoch (or of the run at ``max_steps``): validation and test scores, early stopping, the
@@ -577,7 +566,7 @@ class Trainer:
             for name, value in values.items():
                 if not math.isfinite(value):
                     raise NonFiniteError(f"epoch {self.epoch + 1} (step {self.step}): the {split} {name} is {value} "
-                                         f"(not finite). {self._last_state()}")
+                                         f"(not finite). Nothing was saved: {checkpoint.last_finite_state(self.run_dir)}")
         total, count = self.accumulated
         record = dict(epoch=self.epoch + 1, step=self.step, lr=lr_at(config, self.epoch), loss=total / count,
                       **{f"{split}_{name}": v for split, values in scores.items() for name, v in values.items()})
@@ -611,10 +600,7 @@ class Trainer:
         """A checkpoint of the current step (skipped if written): ``config.json``, the best weights so far
         (the current ones before the first validation), the trainer state. NaN or infinite weights are never
         written: :class:`NonFiniteError`."""
-        weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        if not all(torch.isfinite(t).all() for t in weights.values()):
-            raise NonFiniteError(f"step {self.step}: the weights are NaN or infinite, no checkpoint was written. "
-                                 f"{self._last_state()}")
+        weights = checkpoint.finite_weights(self.model, self.step, self.run_dir)
         state = dict(config=dataclasses.asdict(self.config), epoch=self.epoch, batch=self.batch, step=self.step,
                      accumulated=self.accumulated, best=self.best, counter=self.counter, weights=weights,
                      optimizer=self.optimizer.state_dict(), rng=dict(cpu=torch.get_rng_state(), cuda=(

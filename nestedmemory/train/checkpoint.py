@@ -13,6 +13,7 @@ state is linked there (``<run>/config.json → checkpoint-000100/config.json``, 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..models import NestedMemoryConfig
 from ..models.config import EARLIER_DEFAULTS
-from .errors import CheckpointError
+from .errors import CheckpointError, NonFiniteError
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
@@ -95,6 +96,33 @@ def save_folder(run_dir: Path, step: int, write, keep: int) -> Path:
     link_newest(run_dir)
     rotate(run_dir, step, keep)
     return final
+
+
+def last_finite_state(run_dir: Path) -> str:
+    """Where a run stopped by a non-finite value can resume: its newest checkpoint (or none was written)."""
+    saved = checkpoints(run_dir)
+    return (f"the newest checkpoint of {run_dir}, {saved[-1].name}, is the last finite state" if saved
+            else f"no checkpoint was written to {run_dir}")
+
+
+def check_update(loss: float, grad_norm: float, where: str, run_dir: Path) -> None:
+    """Raise :class:`NonFiniteError` (before ``optimizer.step()``) if the loss or gradient norm of the step
+    ``where`` names is NaN or infinite: the update is not applied, the last finite state is named."""
+    bad = " and ".join(f"the {name} is {v}" for name, v in (("loss", loss), ("gradient norm", grad_norm))
+                       if not math.isfinite(v))
+    if bad:
+        raise NonFiniteError(f"{where}: {bad}; the update was not applied. Nothing was saved: "
+                             f"{last_finite_state(run_dir)}. Try a lower --lr in a new run")
+
+
+def finite_weights(model, step: int, run_dir: Path) -> dict:
+    """``model``'s weights copied to the CPU, or :class:`NonFiniteError` if any is NaN or infinite: such weights
+    are never written."""
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if not all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()):
+        raise NonFiniteError(f"step {step}: the weights are NaN or infinite, no checkpoint was written. "
+                             f"{last_finite_state(run_dir)}")
+    return weights
 
 
 def save_weights(state: dict, path: Path) -> None:
