@@ -51,6 +51,7 @@ import memory_core as mc  # noqa: E402
 
 from nestedmemory.graphs.models import build_model, count_parameters  # noqa: E402
 from nestedmemory.graphs.tasks import make_task  # noqa: E402
+from nestedmemory.tasks.report import write_keeping_notes  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "graphs.md"
 NOTES_MARK = "<!-- Hand-written notes below: benchmarks/graphs.py keeps everything after this line. -->"
@@ -380,9 +381,7 @@ def markdown(data: dict) -> str:
 
 def write_markdown(path: Path, data: dict) -> None:
     """The tables, then the hand-written notes kept from the file after :data:`NOTES_MARK`."""
-    old = path.read_text() if path.exists() else ""
-    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else NOTES_MARK + "\n"
-    path.write_text(markdown(data) + "\n" + notes)
+    write_keeping_notes(path, markdown(data), NOTES_MARK)
 
 
 SECTIONS = {"local": section_local, "global": section_global, "counting": section_counting,

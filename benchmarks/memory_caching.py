@@ -41,6 +41,7 @@ import memory_core as mc  # noqa: E402
 from nestedmemory.layers import MemoryMixer  # noqa: E402
 from nestedmemory.memory import MemoryRule  # noqa: E402
 from nestedmemory.models import from_preset, preset_config  # noqa: E402
+from nestedmemory.tasks.report import write_keeping_notes  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "memory_caching.md"
 NOTES_MARK = "<!-- Hand-written notes below: benchmarks/memory_caching.py keeps everything after this line. -->"
@@ -308,10 +309,8 @@ def plot(data: dict, path: Path) -> bool:
 
 def write_markdown(path: Path, data: dict, figure: str | None = None) -> None:
     """The tables (and the figure), then the hand-written notes kept from the file after :data:`NOTES_MARK`."""
-    old = path.read_text() if path.exists() else ""
-    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else NOTES_MARK + "\n"
     text = markdown(data) + (f"\n![Memory Caching]({figure})\n" if figure else "")
-    path.write_text(text + "\n" + notes)
+    write_keeping_notes(path, text, NOTES_MARK)
 
 
 def megabytes(value) -> str:

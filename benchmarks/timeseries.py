@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from nestedmemory.runtime import configure_cpu
+from nestedmemory.tasks.report import write_keeping_notes
 from nestedmemory.timeseries.data import load_anomaly
 from nestedmemory.timeseries.metrics import anomaly_scores
 from nestedmemory.timeseries.models import build_model
@@ -326,9 +327,7 @@ def markdown(data: dict) -> str:
 
 
 def write_markdown(path: Path, data: dict) -> None:
-    old = path.read_text() if path.exists() else ""
-    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else NOTES_MARK + "\n"
-    path.write_text(markdown(data) + "\n" + notes)
+    write_keeping_notes(path, markdown(data), NOTES_MARK)
 
 
 SECTIONS = {"forecast": section_forecast, "classify": section_classify, "anomaly": section_anomaly,

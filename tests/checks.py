@@ -62,3 +62,21 @@ def frozen(gates: dict) -> dict:
     """``gates`` with zero lr, decay and momentum: a ``memorize`` call then reads its initial state without changing
     it (every retention but ``elastic``), the reference for ``memory.recall``."""
     return {name: torch.zeros_like(g) if name in ("lr", "decay", "momentum") else g for name, g in gates.items()}
+
+
+def cross_variate_losses(backbone, steps: int = 30) -> list[float]:
+    """Training losses of ``backbone`` (``[B, V, N, 8] → [B, V, N, 8]``, 3 variates) between a scalar embedding and
+    read-out, learning variate 0 at t from variate 1 at t and variate 2 at t − 1 (across variates and time)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), backbone, torch.nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    x = torch.randn(16, 3, 12, 1)
+    target = x[:, 1] + torch.nn.functional.pad(x[:, 2, :-1], (0, 0, 1, 0))
+    losses = []
+    for _ in range(steps):
+        loss = (model(x)[:, 0] - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..tasks.report import markdown_table, write_report
 from ..train import checkpoint, lock, metrics
 from ..train.config import (
-    AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, InvalidSetting, Limit, Settings, check_device, check_folder, check_names,
+    AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, InvalidSetting, Limit, RunEvalConfig, Settings, check_device, check_folder, check_names,
 )
 from ..train.errors import CheckpointError, NonFiniteError
 from .branches import TOKENIZATIONS
@@ -144,7 +144,7 @@ class GraphTrainConfig(Settings):
 
 
 @dataclass
-class GraphEvalConfig(Settings):
+class GraphEvalConfig(RunEvalConfig):
     """Test a graph run's model (its best checkpoint) on the run's test split; print a table, write eval.md and
     eval.json.
 
@@ -153,16 +153,6 @@ class GraphEvalConfig(Settings):
         out: folder of the table (default: the run folder)
         device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``mps``
     """
-
-    batch_size: int | None = None
-    out: str | None = None
-    device: str | None = None
-
-    def check(self) -> None:
-        if self.batch_size is not None and AT_LEAST_ONE.problem(self.batch_size):
-            raise InvalidSetting(f"--batch_size {AT_LEAST_ONE.problem(self.batch_size)}")
-        check_device("device", self.device)
-        check_folder("out", self.out)
 
 
 # ---------------------------------------------------------------------------------------------------------------

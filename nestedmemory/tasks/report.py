@@ -32,6 +32,15 @@ def write_report(path, *, title: str, header: list[str], rows: list[list], data,
     return path, json_path
 
 
+def write_keeping_notes(path, text: str, mark: str) -> None:
+    """Write ``text`` to ``path``, then the hand-written notes the file already has after the line ``mark`` (a
+    benchmark's report rewrites its tables and keeps what people wrote below them)."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    notes = old[old.index(mark):] if mark in old else mark + "\n"
+    path.write_text(text + "\n" + notes, encoding="utf-8")
+
+
 def needle_heatmap(grid: list[dict], path, *, title: str = "Needle in a haystack") -> Path:
     """A depth × length heatmap of accuracy from the ``grid`` records (``depth``, ``length``, ``accuracy``) of
     :func:`nestedmemory.tasks.niah.evaluate`, saved as a PNG at ``path``."""

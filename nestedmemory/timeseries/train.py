@@ -51,6 +51,7 @@ from ..train.config import (
     POSITIVE,
     InvalidSetting,
     Limit,
+    RunEvalConfig,
     Settings,
     check_device,
     check_folder,
@@ -201,7 +202,7 @@ class TSTrainConfig(Settings):
 
 
 @dataclass
-class TSEvalConfig(Settings):
+class TSEvalConfig(RunEvalConfig):
     """Test a time-series run's model (its best checkpoint) on the test split; print a table, write eval.md and
     eval.json.
 
@@ -213,15 +214,6 @@ class TSEvalConfig(Settings):
     """
 
     data: str | None = None
-    batch_size: int | None = None
-    out: str | None = None
-    device: str | None = None
-
-    def check(self) -> None:
-        if self.batch_size is not None and AT_LEAST_ONE.problem(self.batch_size):
-            raise InvalidSetting(f"--batch_size {AT_LEAST_ONE.problem(self.batch_size)}")
-        check_device("device", self.device)
-        check_folder("out", self.out)
 
 
 def data_source(task: str, data: str):

@@ -127,6 +127,22 @@ class Settings:
         """Checks beyond the numeric ranges of ``LIMITS`` (names, keys, devices); none by default."""
 
 
+@dataclass
+class RunEvalConfig(Settings):
+    """Settings of testing a saved run (``ts eval``, ``graph eval``): ``batch_size`` (default: the run's), ``out``
+    (the folder of the table; default: the run folder), ``device``."""
+
+    batch_size: int | None = None
+    out: str | None = None
+    device: str | None = None
+
+    def check(self) -> None:
+        if self.batch_size is not None and AT_LEAST_ONE.problem(self.batch_size):
+            raise InvalidSetting(f"--batch_size {AT_LEAST_ONE.problem(self.batch_size)}")
+        check_device("device", self.device)
+        check_folder("out", self.out)
+
+
 #: the fields ``--model.overrides`` may set: the keywords of :class:`NestedMemoryConfig`.
 CONFIG_FIELDS = frozenset(inspect.signature(NestedMemoryConfig.__init__).parameters) - {"self", "kwargs"}
 
