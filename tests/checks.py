@@ -80,3 +80,16 @@ def cross_variate_losses(backbone, steps: int = 30) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def one_line_command_error(capsys, argv, command: str) -> str:
+    """Run the command line ``argv``: exit status 2 and one line ``nestedmemory <command>: error: …`` on stderr, no
+    traceback; returns that line."""
+    from nestedmemory.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith(f"nestedmemory {command}: error: "), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err + captured.out, err
+    return err

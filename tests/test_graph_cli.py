@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("torch_geometric")
 pytest.importorskip("networkx")
 
+from checks import one_line_command_error
 from nestedmemory.cli import main  # noqa: E402
 from nestedmemory.graphs import tasks  # noqa: E402
 from nestedmemory.train import checkpoint, metrics  # noqa: E402
@@ -27,12 +28,7 @@ RUNS = {
 
 
 def one_line_error(capsys, argv, command="graph train") -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith(f"nestedmemory {command}: error: "), err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err + captured.out, err
-    return err
+    return one_line_command_error(capsys, argv, command)
 
 
 @pytest.mark.parametrize("name", list(RUNS))

@@ -14,6 +14,7 @@ import signal
 import pytest
 import torch
 
+from checks import one_line_command_error
 from nestedmemory.cli import main
 from nestedmemory.timeseries import train as ts
 from nestedmemory.timeseries.synthetic import synthetic_ett
@@ -50,12 +51,7 @@ def records(run) -> list[dict]:
 
 
 def one_line_error(capsys, argv, command="ts train") -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith(f"nestedmemory {command}: error: "), err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err + captured.out, err
-    return err
+    return one_line_command_error(capsys, argv, command)
 
 
 @pytest.fixture(scope="module")

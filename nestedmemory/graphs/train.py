@@ -306,14 +306,8 @@ class Trainer:
         weights = checkpoint.finite_weights(self.model, self.step, self.run_dir)
         state = dict(config=dataclasses.asdict(self.config), epoch=self.epoch, step=self.step, best=self.best,
                      counter=self.counter, weights=weights, optimizer=self.optimizer.state_dict())
-
-        def write(folder: Path) -> None:
-            (folder / MODEL_CONFIG).write_text(json.dumps(dict(model=self.model.config, task=self.task.to_dict()),
-                                                          indent=2))
-            checkpoint.save_weights(self.best_weights, folder / checkpoint.WEIGHTS)
-            torch.save(state, folder / checkpoint.STATE)
-
-        path = checkpoint.save_folder(self.run_dir, self.step, write, self.config.keep_checkpoints)
+        path = checkpoint.save_run(self.run_dir, self.step, dict(model=self.model.config, task=self.task.to_dict()),
+                                   self.best_weights, state, self.config.keep_checkpoints)
         metrics.plot(metrics.read(self.run_dir / metrics.METRICS), self.run_dir / metrics.PLOT,
                      f"{self.config.model}: {self.config.task}",
                      "cross-entropy" if self.task.kind == "classify" else "MSE (standardised)")

@@ -597,13 +597,8 @@ class Trainer:
                      accumulated=self.accumulated, best=self.best, counter=self.counter, weights=weights,
                      optimizer=self.optimizer.state_dict(), rng=dict(cpu=torch.get_rng_state(), cuda=(
                          torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])))
-
-        def write(folder: Path) -> None:
-            (folder / MODEL_CONFIG).write_text(json.dumps(self.model.config, indent=2))
-            checkpoint.save_weights(self.best_weights or weights, folder / checkpoint.WEIGHTS)
-            torch.save(state, folder / checkpoint.STATE)
-
-        path = checkpoint.save_folder(self.run_dir, self.step, write, self.config.keep_checkpoints)
+        path = checkpoint.save_run(self.run_dir, self.step, self.model.config, self.best_weights or weights, state,
+                                   self.config.keep_checkpoints)
         metrics.plot(metrics.read(self.run_dir / metrics.METRICS), self.run_dir / metrics.PLOT,
                      f"{self.config.model}: {self.config.task} on {self.config.data}",
                      "cross-entropy" if self.config.task == "classify" else "MSE (scaled)")

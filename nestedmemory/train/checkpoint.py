@@ -13,6 +13,7 @@ state is linked there (``<run>/config.json → checkpoint-000100/config.json``, 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -96,6 +97,18 @@ def save_folder(run_dir: Path, step: int, write, keep: int) -> Path:
     link_newest(run_dir)
     rotate(run_dir, step, keep)
     return final
+
+
+def save_run(run_dir: Path, step: int, model_config: dict, weights: dict, trainer_state: dict, keep: int) -> Path:
+    """Checkpoint ``step`` of a run of the time-series / graph trainers (:func:`save_folder`): ``config.json``
+    (``model_config``, from which the model is rebuilt), ``weights`` as safetensors, ``trainer_state``."""
+
+    def write(folder: Path) -> None:
+        (folder / "config.json").write_text(json.dumps(model_config, indent=2))
+        save_weights(weights, folder / WEIGHTS)
+        torch.save(trainer_state, folder / STATE)
+
+    return save_folder(run_dir, step, write, keep)
 
 
 def last_finite_state(run_dir: Path) -> str:
