@@ -22,6 +22,12 @@ Sections (``--section``, default all):
 - ``baselines``: every task, GSM++ (hybrid, HAC-DFS, PE, GatedGCN local branch) against PyG's GPS (``GPSConv``,
   GatedGCN + attention) and a plain GatedGCN stack, the baselines' width set so that their parameter counts match
   GSM++'s (closest multiple of 4); all three get the same hierarchical PE.
+- ``pooling``: the local tasks again with k-hop and HAC-BFS tokens that *sum* their nodes (``pool="sum"``) instead
+  of averaging them (GSM++'s reading): a summed token also carries its size.
+- ``longrange``: connectivity where it is a global task: forests of 2–3 random trees on 32–64 nodes
+  (``family="forest"``; a connected pair is on average 4.7 hops apart, half of them more than 4) — the ``global``
+  grid of tokenisations × encoders, plus GSM++ (HAC-DFS and its mixture of tokenisations, MoT), GPS and GatedGCN
+  at GSM++'s parameter count; 400 steps.
 
 Scores: accuracy (node degree, cycle, connectivity; colour counting: share of (graph, colour) counts exactly right
 after rounding), RMSE (triangles, shortest path); each table also gives a constant predictor (the training
@@ -71,6 +77,17 @@ QUICK_COUNTING = dict(COUNTING, mixers=["attention", "mamba2"])
 BASELINES = dict(tasks=["degree", "cycle", "triangles", "connectivity", "colors", "shortest_path"],
                  models=["gsm++", "gps", "gatedgcn"])
 QUICK_BASELINES = dict(BASELINES, tasks=["cycle"])
+POOLING = dict(LOCAL, tokenizations=["khop", "hac_bfs"], pool="sum")
+QUICK_POOLING = dict(QUICK_LOCAL, tokenizations=["khop"], pool="sum")
+#: the long-range connectivity set: its own graph family and sizes, and twice the steps (at 200, runs either learn
+#: the task or stay at the majority class: seeds ± 12–24 points); the rest of :data:`SETTINGS`.
+LONGRANGE_SETTINGS = dict(SETTINGS, family="forest", num_nodes=(32, 64), steps=400)
+QUICK_LONGRANGE_SETTINGS = dict(QUICK, family="forest", num_nodes=(12, 16))
+LONGRANGE = dict(tasks=["connectivity"], rows=GLOBAL["rows"], mixers=GLOBAL["mixers"],
+                 models=[dict(model="gsm++"), dict(model="gsm++", tokenization="mixture"), dict(model="gps"),
+                         dict(model="gatedgcn")])
+QUICK_LONGRANGE = dict(LONGRANGE, rows=[["hac_dfs", True], ["khop", True]], mixers=["mamba2"],
+                       models=[dict(model="gsm++", tokenization="mixture"), dict(model="gps")])
 TOKEN_NAMES = {"degree": "node (degree order)", "random": "node (random order)", "hac_dfs": "HAC-DFS",
                "khop": "k-hop", "hac_bfs": "HAC-BFS"}
 LABELS = {"degree": "node degree", "cycle": "cycle check", "triangles": "triangles", "connectivity": "connectivity",
@@ -79,25 +96,27 @@ LABELS = {"degree": "node degree", "cycle": "cycle check", "triangles": "triangl
 
 # ---------------------------------------------------------------------------------------------- one run
 @lru_cache(maxsize=None)
-def dataset(name: str, train: int, test: int, num_nodes: tuple, num_colors: int, seed: int):
+def dataset(name: str, train: int, test: int, num_nodes: tuple, num_colors: int, seed: int, family: str | None):
     """Task ``name``, its training and test graphs (built once per process)."""
     task, splits = make_task(name, dict(train=train, val=0, test=test), num_nodes=num_nodes, num_colors=num_colors,
-                             seed=seed)
+                             family=family, seed=seed)
     return task, splits["train"], splits["test"]
 
 
 def data_of(name: str, settings: dict):
     return dataset(name, settings["train"], settings["test"], tuple(settings["num_nodes"]), settings["num_colors"],
-                   settings["data_seed"])
+                   settings["data_seed"], settings.get("family"))
 
 
 def model_for(name: str, spec: dict, settings: dict, hidden: int | None = None):
-    """The model of ``spec`` (``model``, ``tokenization``, ``mixer``, ``pe``, ``conv``) for task ``name``."""
+    """The model of ``spec`` (``model``, ``tokenization``, ``mixer``, ``pe``, ``conv``, ``pool``) for task
+    ``name``."""
     task, train, _ = data_of(name, settings)
     return build_model(spec.get("model", "gsm++"), train[0].x.shape[1], hidden or settings["hidden"], task.outputs,
                        settings["layers"], task.level, tokenization=spec.get("tokenization", "hac_dfs"),
                        mixer=spec.get("mixer", "hybrid"), pe=spec.get("pe", True), conv=spec.get("conv", "gatedgcn"),
-                       heads=settings["heads"], norm=settings["norm"], pe_levels=task.levels - 1)
+                       heads=settings["heads"], norm=settings["norm"], pe_levels=task.levels - 1,
+                       pool=spec.get("pool", "mean"))
 
 
 def evaluate(model, task, graphs: list, batch_size: int) -> dict:
@@ -213,15 +232,35 @@ def matched_width(name: str, model: str, target: int, settings: dict) -> int:
     return width
 
 
+def matched(task: str, spec: dict, settings: dict) -> dict:
+    """``spec`` with its ``hidden``: the section's width for GSM++, else the width matching GSM++'s parameters."""
+    if spec["model"] == "gsm++":
+        return dict(spec, hidden=settings["hidden"])
+    target = count_parameters(model_for(task, dict(model="gsm++"), settings))
+    return dict(spec, hidden=matched_width(task, spec["model"], target, settings))
+
+
 def section_baselines(quick: bool) -> dict:
     settings, grid = (QUICK, QUICK_BASELINES) if quick else (SETTINGS, BASELINES)
-    rows = []
-    for task in grid["tasks"]:
-        target = count_parameters(model_for(task, dict(model="gsm++"), settings))
-        for model in grid["models"]:
-            width = settings["hidden"] if model == "gsm++" else matched_width(task, model, target, settings)
-            rows.append(run(task, dict(model=model, hidden=width), settings))
+    rows = [run(task, matched(task, dict(model=model), settings), settings)
+            for task in grid["tasks"] for model in grid["models"]]
     return dict(settings=settings, grid=grid, rows=rows, constant=[constant(t, settings) for t in grid["tasks"]])
+
+
+def section_pooling(quick: bool) -> dict:
+    settings, grid = (QUICK, QUICK_POOLING) if quick else (SETTINGS, POOLING)
+    rows = [run(task, dict(tokenization=t, mixer=m, pe=True, conv=None, pool=grid["pool"]), settings)
+            for m in grid["mixers"] for t in grid["tokenizations"] for task in grid["tasks"]]
+    return dict(settings=settings, grid=grid, rows=rows, constant=[constant(t, settings) for t in grid["tasks"]])
+
+
+def section_longrange(quick: bool) -> dict:
+    settings, grid = (QUICK_LONGRANGE_SETTINGS, QUICK_LONGRANGE) if quick else (LONGRANGE_SETTINGS, LONGRANGE)
+    rows = [run(task, dict(tokenization=t, mixer=m, pe=pe, conv=None), settings)
+            for m in grid["mixers"] for t, pe in grid["rows"] for task in grid["tasks"]]
+    task = grid["tasks"][0]
+    models = [run(task, matched(task, spec, settings), settings) for spec in grid["models"]]
+    return dict(settings=settings, grid=grid, rows=rows, models=models, constant=[constant(task, settings)])
 
 
 # ---------------------------------------------------------------------------------------------- orderings
@@ -276,6 +315,28 @@ def orderings(data: dict) -> list[dict]:
         claims.append(_claim("GSM++ beats GPS and GatedGCN at matched parameters (per task)",
                              [(_cell(rows, task=t, model="gsm++"), _cell(rows, task=t, model=o))
                               for t in grid["tasks"] for o in ("gps", "gatedgcn")]))
+    if "pooling" in data and "local" in data:
+        rows, grid, local = data["pooling"]["rows"], data["pooling"]["grid"], data["local"]["rows"]
+        for token in grid["tokenizations"]:
+            pairs = [(_cell(rows, task=t, mixer=m, tokenization=token), _cell(local, task=t, mixer=m, tokenization=o))
+                     for t in grid["tasks"] for m in grid["mixers"] for o in ("degree", "random", "hac_dfs")]
+            claims.append(_claim(f"local tasks, summed tokens: {TOKEN_NAMES[token]} beats node (degree / random) and "
+                                 "HAC-DFS (per task × encoder × order)", pairs))
+    if "longrange" in data:
+        tokens, grid, models = data["longrange"]["rows"], data["longrange"]["grid"], data["longrange"]["models"]
+        claims.append(_claim("long-range connectivity: HAC-DFS beats k-hop and HAC-BFS (per encoder)",
+                             [(_cell(tokens, mixer=m, tokenization="hac_dfs", pe=True),
+                               _cell(tokens, mixer=m, tokenization=o, pe=True))
+                              for m in grid["mixers"] for o in ("khop", "hac_bfs")]))
+        claims.append(_claim("long-range connectivity: node tokens with PE beat node tokens without (per encoder)",
+                             [(_cell(tokens, mixer=m, tokenization="degree", pe=True),
+                               _cell(tokens, mixer=m, tokenization="degree", pe=False)) for m in grid["mixers"]]))
+        best = _cell(tokens, mixer="hybrid", tokenization="hac_dfs", pe=True)
+        claims.append(_claim("long-range connectivity: hybrid + HAC-DFS + PE beats every other tokenisation row",
+                             [(best, r) for r in tokens if r is not best]))
+        baselines = [r for r in models if r["model"] != "gsm++"]
+        claims.append(_claim("long-range connectivity: GSM++ (HAC-DFS, MoT) beats GPS and GatedGCN at matched "
+                             "parameters", [(g, b) for g in models if g["model"] == "gsm++" for b in baselines]))
     return [c for c in claims if c["comparisons"]]
 
 
@@ -366,6 +427,24 @@ def markdown(data: dict) -> str:
             cells = [_cell(rows, task=t, model=model) for t in tasks]
             lines.append(f"| {model} | " + " | ".join(f"{c['parameters']} ({c['hidden']})" for c in cells) + " |")
         lines.append("")
+    if "pooling" in data:
+        s = data["pooling"]
+        lines += ["## Local tasks with summed tokens: k-hop and HAC-BFS tokens that add their nodes up", "",
+                  budget(s) + " Compare with the mean-pooled rows of the local table.", ""]
+        keys = [dict(mixer=m, tokenization=t) for m in s["grid"]["mixers"] for t in s["grid"]["tokenizations"]]
+        lines += grid_table(s, keys, lambda k: TOKEN_NAMES[k["tokenization"]] + ", sum") + [""]
+    if "longrange" in data:
+        s = data["longrange"]
+        lines += ["## Long-range connectivity: forests of 2–3 random trees (32–64 nodes)", "",
+                  budget(s) + " Tokenisation rows without a local MPNN; then the full models (GatedGCN local "
+                  "branch), GPS and GatedGCN at GSM++'s (HAC-DFS) parameter count.", ""]
+        keys = [dict(mixer=m, tokenization=t, pe=pe) for m in s["grid"]["mixers"] for t, pe in s["grid"]["rows"]]
+        lines += grid_table(s, keys, lambda k: TOKEN_NAMES[k["tokenization"]] + ("" if k["pe"] else ", **w/o PE**"))
+        lines += ["", "| model | parameters (width) | connectivity (acc. %) |", "|---|---|---|"]
+        for row in s["models"]:
+            name = row["model"] + (" (MoT)" if row.get("tokenization") == "mixture" else "")
+            lines.append(f"| {name} | {row['parameters']} ({row['hidden']}) | {cell(row)} |")
+        lines.append("")
     claims = orderings(data)
     if claims:
         lines += ["## The paper's orderings at this scale", "",
@@ -385,7 +464,7 @@ def write_markdown(path: Path, data: dict) -> None:
 
 
 SECTIONS = {"local": section_local, "global": section_global, "counting": section_counting,
-            "baselines": section_baselines}
+            "baselines": section_baselines, "pooling": section_pooling, "longrange": section_longrange}
 
 
 def main(argv=None) -> None:

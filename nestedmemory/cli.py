@@ -230,13 +230,13 @@ def graph(args) -> int:
     from .graphs import train as graph_train
 
     if args.subcommand == "train":
-        graph_train.train(settings(graph_train.GraphTrainConfig, args.train))
-    else:
-        graph_train.evaluate(args.eval.run, settings(graph_train.GraphEvalConfig, args.eval))
+        summary = graph_train.train(settings(graph_train.GraphTrainConfig, args.train))
+        return 130 if summary["interrupted"] else 0
+    graph_train.evaluate(args.eval.run, settings(graph_train.GraphEvalConfig, args.eval))
     return 0
 
 
-def graph_parsers(command) -> dict:
+def graph_parsers(command, train_defaults: dict | None = None) -> dict:
     """The parsers of ``graph train`` / ``graph eval`` with their help (``command``: a settings parser's
     constructor). PyG and networkx are optional: a missing one is a :class:`UserError` naming the extra."""
     try:
@@ -246,6 +246,8 @@ def graph_parsers(command) -> dict:
                         f"'.[graphs]'): {error}") from None
     graph_train_p = command(GraphTrainConfig.__doc__.split("\n")[0])
     graph_train_p.add_class_arguments(GraphTrainConfig, as_group=False)
+    if train_defaults:
+        graph_train_p.set_defaults(train_defaults)
     graph_eval_p = command(GraphEvalConfig.__doc__.split("\n")[0])
     graph_eval_p.add_argument("run", help="a graph run folder or checkpoint")
     graph_eval_p.add_class_arguments(GraphEvalConfig, as_group=False)
@@ -253,13 +255,15 @@ def graph_parsers(command) -> dict:
             "eval": (graph_eval_p, "test a graph run on its test split")}
 
 
-GRAPH_HELP = "graphs: train or evaluate GSM++, GPS or GatedGCN on GSM++'s synthetic tasks or karate"
+GRAPH_HELP = ("graphs: train or evaluate GSM++, GPS or GatedGCN on GSM++'s synthetic tasks, karate, Les Misérables "
+              "or a PyG dataset from a path")
 
 
-def build_parser(train_defaults: dict | None = None, ts_train_defaults: dict | None = None, graphs: bool = False):
+def build_parser(train_defaults: dict | None = None, ts_train_defaults: dict | None = None, graphs: bool = False,
+                 graph_train_defaults: dict | None = None):
     """The command line; ``train_defaults`` (nested like ``TrainConfig``) replace the defaults of ``train``,
-    ``ts_train_defaults`` those of ``ts train``. ``graph`` gets its flags only with ``graphs`` (the command line
-    starts with it): PyG is optional and slow to import."""
+    ``ts_train_defaults`` those of ``ts train``, ``graph_train_defaults`` those of ``graph train``. ``graph`` gets
+    its flags only with ``graphs`` (the command line starts with it): PyG is optional and slow to import."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from .timeseries.train import TSEvalConfig, TSTrainConfig
@@ -303,7 +307,7 @@ def build_parser(train_defaults: dict | None = None, ts_train_defaults: dict | N
 
     ts_p = ArgumentParser(description="Time-series models in the Time-Series-Library protocol.", exit_on_error=False)
     graph_p = ArgumentParser(description=GRAPH_HELP, exit_on_error=False)
-    graph_subs = graph_parsers(command) if graphs else {}
+    graph_subs = graph_parsers(command, graph_train_defaults) if graphs else {}
 
     parser = ArgumentParser(prog="nestedmemory", description=__doc__, exit_on_error=False)
     commands = parser.add_subcommands(required=False, dest="command")
@@ -337,8 +341,8 @@ def settings(cls, args):
 
 def saved_settings(resume: str, cls=TrainConfig) -> dict:
     """The settings of the run ``resume`` names (a run folder or a checkpoint; the config saved in its newest
-    checkpoint), as defaults of ``train`` (``ts train``: ``cls`` TSTrainConfig): the fields of today's ``cls``
-    only, and not ``out`` or ``resume``, which say where this command reads and writes."""
+    checkpoint), as defaults of ``train`` (``ts train``, ``graph train``: ``cls`` their config): the fields of
+    today's ``cls`` only, and not ``out`` or ``resume``, which say where this command reads and writes."""
     from .train import checkpoint
 
     state = checkpoint.trainer_state(checkpoint.resolve(resume), mmap=True)  # the weights are read by the trainer
@@ -358,9 +362,10 @@ def known_fields(cls, values: dict) -> dict:
 
 
 def parse(argv: list[str]):
-    """The parsed, validated command line. ``train --resume RUN`` and ``ts train --resume RUN`` (``resume`` given
-    as a flag or in a ``--config`` file) are parsed twice: once to find RUN, then with RUN's saved settings as the
-    defaults, so the run continues as it was started and only the flags given beside ``--resume`` change it."""
+    """The parsed, validated command line. ``train --resume RUN``, ``ts train --resume RUN`` and ``graph train
+    --resume RUN`` (``resume`` given as a flag or in a ``--config`` file) are parsed twice: once to find RUN, then
+    with RUN's saved settings as the defaults, so the run continues as it was started and only the flags given
+    beside ``--resume`` change it."""
     from .timeseries.train import TSTrainConfig
 
     graphs = argv[:1] == ["graph"]
@@ -370,6 +375,11 @@ def parse(argv: list[str]):
         parser = build_parser(saved_settings(first.train.resume))
     elif first.command == "ts" and first.ts.subcommand == "train" and first.ts.train.resume is not None:
         parser = build_parser(ts_train_defaults=saved_settings(first.ts.train.resume, TSTrainConfig))
+    elif first.command == "graph" and first.graph.subcommand == "train" and first.graph.train.resume is not None:
+        from .graphs.train import GraphTrainConfig
+
+        parser = build_parser(graphs=True, graph_train_defaults=saved_settings(first.graph.train.resume,
+                                                                               GraphTrainConfig))
     return parser.instantiate(parser.parse_args(argv))
 
 

@@ -1,6 +1,8 @@
 """Checks shared by several test files (imported as ``checks``: pytest puts ``tests/`` on the path)."""
 
 import dataclasses
+import shlex
+import signal
 
 import torch
 
@@ -93,3 +95,23 @@ def one_line_command_error(capsys, argv, command: str) -> str:
     assert err.startswith(f"nestedmemory {command}: error: "), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err + captured.out, err
     return err
+
+
+def ctrl_c_before_step(monkeypatch, trainer, step: int) -> None:
+    """A real Ctrl-C (SIGINT) as ``trainer._train_step`` starts the step after ``step`` done ones (an epoch trainer's
+    class: ``self.step`` counts the steps done): that step finishes, then the trainer saves and stops."""
+    original = trainer._train_step
+
+    def interrupted(self, batch):
+        if self.step == step:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(trainer, "_train_step", interrupted)
+
+
+def printed_resume_command(capsys) -> list[str]:
+    """The arguments of the ``resume with: nestedmemory …`` line an interrupted run printed."""
+    program, *argv = shlex.split(capsys.readouterr().out.split("resume with: ")[1].splitlines()[0])
+    assert program == "nestedmemory"
+    return argv

@@ -9,7 +9,7 @@ import torch
 
 nx = pytest.importorskip("networkx")
 
-from nestedmemory.graphs.synthetic import FAMILIES, TASKS, graph_task, random_graph  # noqa: E402
+from nestedmemory.graphs.synthetic import ATLAS_NODES, FAMILIES, TASKS, graph_task, random_graph  # noqa: E402
 
 
 def fields(example):
@@ -62,12 +62,22 @@ def test_generation_is_seeded():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_families_give_simple_graphs_on_range_nodes(family):
-    graph = random_graph(family, 17, np.random.default_rng(0))
-    assert sorted(graph.nodes()) == list(range(17)) and nx.number_of_selfloops(graph) == 0
+    n = ATLAS_NODES if family == "atlas" else 17
+    graph = random_graph(family, n, np.random.default_rng(0))
+    assert sorted(graph.nodes()) == list(range(n)) and nx.number_of_selfloops(graph) == 0
     if family == "regular":
         assert len({d for _, d in graph.degree()}) == 1
     if family == "tree":
         assert nx.is_tree(graph)
+    if family == "forest":  # 2 or 3 trees
+        assert nx.is_forest(graph) and nx.number_connected_components(graph) in (2, 3)
+    if family == "atlas":  # a graph of the atlas, not an empty one
+        assert graph.number_of_edges() > 0 and any(nx.is_isomorphic(graph, g) for g in nx.graph_atlas_g()[-1044:])
+
+
+def test_the_atlas_has_graphs_of_at_most_seven_nodes():
+    with pytest.raises(ValueError, match="the graph atlas has graphs of at most 7 nodes"):
+        random_graph("atlas", 8, np.random.default_rng(0))
 
 
 def test_triangles_on_regular_graphs():

@@ -2,6 +2,7 @@
 locality of the HAC-DFS order, permutation invariance, k-hop sets and the hierarchical PE against networkx, and
 one-line errors on bad input."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -202,6 +203,14 @@ def test_khop_tokens_match_networkx(cumulative):
     v, i = 7, 2
     want = sorted(members.get(int(tokens.seq[v, i]), set()))
     assert torch.allclose(pooled[v, i], x[want].mean(0) if want else torch.zeros(5, dtype=torch.float64))
+    summed = dataclasses.replace(tokens, reduce="sum")  # sum pooling: a 1-hop token of ones holds the degree + 1
+    assert torch.allclose(summed.pool(x).reshape(-1, 5), summed.matrix(torch.float64) @ x)
+    assert torch.allclose(summed.pool(x)[v, i], x[want].sum(0))
+    if cumulative:
+        degree = torch.tensor([graph.degree(u) for u in range(n)], dtype=torch.float64)
+        assert torch.equal(summed.pool(torch.ones(n, 1, dtype=torch.float64))[:, 1, 0], degree + 1)
+    with pytest.raises(ValueError, match="unknown token pooling 'max'"):
+        dataclasses.replace(tokens, reduce="max")
 
 
 def test_hac_bfs_tokens_are_ancestors_coarse_to_fine():

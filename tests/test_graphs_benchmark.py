@@ -33,7 +33,9 @@ def test_quick_run_writes_every_section_and_one_section_keeps_the_rest(tmp_path)
     assert set(widths) == {"gsm++", "gps", "gatedgcn"} and widths["gsm++"] == bench.QUICK["hidden"]
     text = out.read_text()
     assert "old tables" not in text and text.endswith("my notes\n")
+    assert [r["model"] for r in data["longrange"]["models"]] == ["gsm++", "gps"]
     for title in ("## Local tasks", "## Global tasks", "## Counting without PE", "## GSM++ against GPS",
+                  "## Local tasks with summed tokens", "## Long-range connectivity", "gsm++ (MoT)",
                   "## The paper's orderings", "constant predictor", "k-hop", "**w/o PE**"):
         assert title in text, title
 

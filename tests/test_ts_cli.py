@@ -7,14 +7,12 @@ and a few steps keep the file to seconds."""
 
 import hashlib
 import json
-import shlex
 import shutil
-import signal
 
 import pytest
 import torch
 
-from checks import one_line_command_error
+from checks import ctrl_c_before_step, one_line_command_error, printed_resume_command
 from nestedmemory.cli import main
 from nestedmemory.timeseries import train as ts
 from nestedmemory.timeseries.synthetic import synthetic_ett
@@ -149,21 +147,14 @@ def test_resume_continues_exactly(csv, forecast_run, tmp_path, capsys, monkeypat
     assert main(["ts", "train", *flags("forecast", csv), "--epochs", "1", "--out", str(epoch_end)]) == 0
     assert main(["ts", "train", "--resume", str(epoch_end), "--epochs", "2"]) == 0
 
-    step = ts.Trainer._train_step
-
-    def ctrl_c_in_step_2(self, batch):
-        if self.step == 1:
-            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C: the step finishes, a checkpoint is written
-        return step(self, batch)
-
-    monkeypatch.setattr(ts.Trainer, "_train_step", ctrl_c_in_step_2)
+    ctrl_c_before_step(monkeypatch, ts.Trainer, 1)  # in step 2: it finishes, a checkpoint is written
     ctrl_c = tmp_path / "ctrl_c"
     capsys.readouterr()
     assert main(["ts", "train", *flags("forecast", csv), "--epochs", "2", "--out", str(ctrl_c)]) == 130
     monkeypatch.undo()
     assert [p.name for p in checkpoint.checkpoints(ctrl_c)] == ["checkpoint-000002"] and not records(ctrl_c)
-    program, *argv = shlex.split(capsys.readouterr().out.split("resume with: ")[1].splitlines()[0])
-    assert program == "nestedmemory" and argv == ["ts", "train", "--resume", str(ctrl_c)]
+    argv = printed_resume_command(capsys)
+    assert argv == ["ts", "train", "--resume", str(ctrl_c)]
     assert main(argv) == 0
 
     results = json.loads((whole / "results.json").read_text())

@@ -3,15 +3,17 @@
 * :mod:`.hac`: the hierarchical affinity clustering tree (Borůvka rounds of affinity clustering);
 * :mod:`.tokenize`: node orders (degree, random, HAC-DFS), per-node token sequences (k-hop, HAC-BFS) and the
   hierarchical positional encoding;
-* :mod:`.synthetic` (needs ``networkx``): the paper's synthetic local / global tasks;
-* :mod:`.tasks` (needs ``networkx`` and ``torch_geometric``): those tasks and karate as training problems (data sets
-  with the HAC fields, losses, scores);
+* :mod:`.synthetic` (needs ``networkx``): the paper's synthetic local / global tasks, on random families (forests for
+  long-range connectivity) or the graph atlas;
+* :mod:`.datasets` (needs ``networkx`` and ``torch_geometric``): karate, Les Misérables, PyG datasets from a path;
+* :mod:`.tasks` (needs ``networkx`` and ``torch_geometric``): all of them as training problems (data sets with the
+  HAC fields, losses, scores);
 * :mod:`.transforms` (needs ``torch_geometric``): PyG transforms (``AddHACOrder``);
 * :mod:`.mixers`: the global sequence mixers (GPS attention, any preset's mixer, GSM++'s hybrid SSM + attention);
 * :mod:`.branches`, :mod:`.conv`, :mod:`.models` (need ``torch_geometric``): tokenise → mix → back to nodes,
   ``GSMConv`` (``GPSConv``'s layout and calling convention), ``GSMModel`` and the GPS / GatedGCN baselines.
 
-``synthetic``, ``transforms`` and ``tasks`` need optional dependencies: import them explicitly. The layers and models
+``synthetic``, ``datasets``, ``transforms`` and ``tasks`` need optional dependencies: import them explicitly. The layers and models
 load on first use of their names here (``from nestedmemory.graphs import GSMConv``), so importing this package needs
 numpy and torch only.
 """

@@ -22,7 +22,7 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 
 from .branches import TOKEN_SETS, TOKENIZATIONS
 from .conv import GSMConv
-from .tokenize import TokenSets, khop_tokens
+from .tokenize import POOLS, TokenSets, khop_tokens
 
 __all__ = ["GSMModel", "GraphNetwork", "NodeEncoder", "GatedGCNLayer", "batch_tokens", "gps_baseline",
            "gatedgcn_baseline", "build_model", "count_parameters", "MIXTURE", "MODELS", "TASKS"]
@@ -45,9 +45,10 @@ def _field(data, name: str, why: str) -> torch.Tensor:
     return value
 
 
-def batch_tokens(data, names, k: int) -> dict[str, TokenSets]:
+def batch_tokens(data, names, k: int, pool: str = "mean") -> dict[str, TokenSets]:
     """The per-node token sequences of a batch, coarse to fine with the node's own token last (a
-    :class:`~nestedmemory.graphs.branches.TokenBranch` reads the last position):
+    :class:`~nestedmemory.graphs.branches.TokenBranch` reads the last position), each token the ``pool`` (mean or
+    sum) of its members:
 
     * ``"khop"``: :func:`~nestedmemory.graphs.khop_tokens` (cumulative, hops ``k, …, 1, 0``) on the batch's
       disjoint union, which is each graph's on its own;
@@ -59,7 +60,7 @@ def batch_tokens(data, names, k: int) -> dict[str, TokenSets]:
     n = x.shape[0]
     if "khop" in names:
         hop = khop_tokens(data.edge_index, n, k)
-        out["khop"] = TokenSets(hop.seq.flip(1).to(x.device), hop.members.to(x.device), hop.num_tokens)
+        out["khop"] = TokenSets(hop.seq.flip(1).to(x.device), hop.members.to(x.device), hop.num_tokens, pool)
     if "hac_bfs" in names:
         levels = _field(data, "hac_levels", "tokenization 'hac_bfs'")
         batch = data.batch if data.batch is not None else torch.zeros_like(levels[:, 0])
@@ -68,7 +69,7 @@ def batch_tokens(data, names, k: int) -> dict[str, TokenSets]:
         ids, token = torch.unique(key, return_inverse=True)
         pairs = torch.unique(token * n + torch.arange(n, device=levels.device)[:, None])  # padded levels repeat
         members = torch.stack([pairs // n, pairs % n])
-        out["hac_bfs"] = TokenSets(token.flip(1), members, ids.numel())
+        out["hac_bfs"] = TokenSets(token.flip(1), members, ids.numel(), pool)
     return out
 
 
@@ -144,6 +145,8 @@ class GSMModel(GraphNetwork):
         task: ``"node"`` or ``"graph"``.
         pe: add the hierarchical PE (needs ``data.hac_pe``).
         k: hops of the ``"khop"`` tokens.
+        pool: how a ``"khop"`` / ``"hac_bfs"`` token encodes its nodes: ``"mean"`` (GSM++'s reading) or ``"sum"``
+            (the token also carries its size).
         heads, dropout, norm: of the layers (:class:`~nestedmemory.graphs.GSMConv`).
         conv: every layer's local MPNN, ``"gatedgcn"`` or ``None``: the global branch alone, so that the tokenisation
             is the only way the graph's structure reaches the model (the setting of GSM++'s Tables 1-2, where node
@@ -157,12 +160,14 @@ class GSMModel(GraphNetwork):
     """
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, layers: int, tokenization: str = "hac_dfs",
-                 mixer="hybrid", task: str = "graph", pe: bool = True, *, k: int = 2, mixture=MIXTURE,
-                 heads: int = 1, dropout: float = 0.0, norm: str | None = "batch_norm", pe_levels: int = 16,
-                 max_distance: int = 16, conv: str | None = "gatedgcn"):
+                 mixer="hybrid", task: str = "graph", pe: bool = True, *, k: int = 2, pool: str = "mean",
+                 mixture=MIXTURE, heads: int = 1, dropout: float = 0.0, norm: str | None = "batch_norm",
+                 pe_levels: int = 16, max_distance: int = 16, conv: str | None = "gatedgcn"):
         _positive("hidden", hidden)
         _positive("layers", layers)
         _positive("k", k)
+        if pool not in POOLS:
+            raise ValueError(f"unknown token pooling {pool!r}: choose one of {', '.join(POOLS)}")
         if isinstance(mixer, nn.Module):
             raise ValueError("GSMModel's mixer must be a name or a factory channels -> module (every layer builds its "
                              "own), not a module")
@@ -181,11 +186,11 @@ class GSMModel(GraphNetwork):
                  for _ in range(layers)]
         super().__init__(NodeEncoder(in_channels, hidden, pe, pe_levels, max_distance), convs, hidden, out_channels,
                          task)
-        self.tokenizations, self.k = names, k
+        self.tokenizations, self.k, self.pool = names, k, pool
 
     def layer_inputs(self, data) -> dict:
         names = self.tokenizations
-        inputs = {"tokens": batch_tokens(data, [t for t in names if t in TOKEN_SETS], self.k)}
+        inputs = {"tokens": batch_tokens(data, [t for t in names if t in TOKEN_SETS], self.k, self.pool)}
         if "hac_dfs" in names:
             inputs["hac_rank"] = _field(data, "hac_rank", "tokenization 'hac_dfs'")
         elif "degree" in names:
@@ -242,18 +247,19 @@ MODELS = ("gsm++", "gps", "gatedgcn")
 
 def build_model(name: str, in_channels: int, hidden: int, out_channels: int, layers: int, task: str = "graph", *,
                 tokenization: str = "hac_dfs", mixer: str = "hybrid", pe: bool = True, conv: str | None = "gatedgcn",
-                heads: int = 1, norm: str | None = "batch_norm", pe_levels: int = 16) -> GraphNetwork:
+                heads: int = 1, norm: str | None = "batch_norm", pe_levels: int = 16,
+                pool: str = "mean") -> GraphNetwork:
     """Model ``name`` of :data:`MODELS` by its settings: ``"gsm++"`` a :class:`GSMModel` (``tokenization``,
-    ``mixer``, ``conv``: GSM++ itself with the defaults), ``"gps"`` :func:`gps_baseline`, ``"gatedgcn"``
+    ``mixer``, ``conv``, ``pool``: GSM++ itself with the defaults), ``"gps"`` :func:`gps_baseline`, ``"gatedgcn"``
     :func:`gatedgcn_baseline`, each with the hierarchical PE if ``pe``. ``model.config`` holds the arguments, so
     ``build_model(**model.config)`` rebuilds it (the weights aside)."""
     config = dict(name=name, in_channels=in_channels, hidden=hidden, out_channels=out_channels, layers=layers,
                   task=task, tokenization=tokenization, mixer=mixer, pe=pe, conv=conv, heads=heads, norm=norm,
-                  pe_levels=pe_levels)
+                  pe_levels=pe_levels, pool=pool)
     common = dict(heads=heads, norm=norm, pe_levels=pe_levels)
     if name == "gsm++":
         model = GSMModel(in_channels, hidden, out_channels, layers, tokenization, mixer, task, pe, conv=conv,
-                         **common)
+                         pool=pool, **common)
     elif name == "gps":
         model = gps_baseline(in_channels, hidden, out_channels, layers, task, pe, **common)
     elif name == "gatedgcn":

@@ -13,13 +13,18 @@ Every label is computed by networkx on the generated graph. Every draw comes fro
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import networkx as nx
 import numpy as np
 import torch
 
-__all__ = ["FAMILIES", "TASKS", "random_graph", "graph_task"]
+__all__ = ["FAMILIES", "ATLAS_NODES", "TASKS", "random_graph", "graph_task"]
 
-FAMILIES = ("er", "ba", "sbm", "holme_kim", "regular", "geometric", "tree", "tree_plus", "complete", "star", "path")
+FAMILIES = ("er", "ba", "sbm", "holme_kim", "regular", "geometric", "tree", "tree_plus", "forest", "complete", "star",
+            "path", "atlas")
+#: the graph atlas (networkx's ``graph_atlas_g``) has every graph of up to this many nodes.
+ATLAS_NODES = 7
 
 #: task -> graph family used when none is given.
 TASKS = {
@@ -41,7 +46,11 @@ def random_graph(family: str, num_nodes: int, rng: np.random.Generator) -> nx.Gr
     * ``sbm``: 2–4 equal blocks, within-block mean degree 4, about one between-block edge per graph (often
       disconnected, for connectivity);
     * ``tree``: uniform random labelled tree; ``tree_plus``: such a tree plus, with probability 1/2, 1–3 extra edges
-      (so half the graphs have cycles); ``complete``, ``star``, ``path``.
+      (so half the graphs have cycles); ``forest``: 2 or 3 uniform random labelled trees of (nearly) equal size, the
+      node ids shuffled: sparse components whose nodes are many hops apart (connectivity as a global task);
+      ``complete``, ``star``, ``path``;
+    * ``atlas``: a uniform draw among the graphs of the graph atlas with ``num_nodes`` nodes and at least one edge
+      (every graph of up to :data:`ATLAS_NODES` nodes, up to isomorphism).
     """
     n, seed = num_nodes, int(rng.integers(2 ** 31))
     if family == "er":
@@ -67,6 +76,16 @@ def random_graph(family: str, num_nodes: int, rng: np.random.Generator) -> nx.Gr
                 a, b = rng.choice(n, size=2, replace=False)
                 tree.add_edge(int(a), int(b))
         return tree
+    if family == "forest":
+        parts = np.array_split(rng.permutation(n), int(rng.integers(2, 4)))
+        forest = nx.empty_graph(n)
+        for part in parts:
+            tree = nx.random_labeled_tree(len(part), seed=int(rng.integers(2 ** 31)))
+            forest.add_edges_from((int(part[a]), int(part[b])) for a, b in tree.edges())
+        return forest
+    if family == "atlas":
+        choices = _atlas(n)
+        return nx.convert_node_labels_to_integers(choices[int(rng.integers(len(choices)))])
     if family == "complete":
         return nx.complete_graph(n)
     if family == "star":
@@ -74,6 +93,14 @@ def random_graph(family: str, num_nodes: int, rng: np.random.Generator) -> nx.Gr
     if family == "path":
         return nx.path_graph(n)
     raise ValueError(f"unknown graph family {family!r}: choose one of {', '.join(FAMILIES)}")
+
+
+@lru_cache(maxsize=None)
+def _atlas(num_nodes: int) -> tuple[nx.Graph, ...]:
+    """The atlas graphs with ``num_nodes`` nodes and at least one edge."""
+    if num_nodes > ATLAS_NODES:
+        raise ValueError(f"the graph atlas has graphs of at most {ATLAS_NODES} nodes, got num_nodes {num_nodes}")
+    return tuple(g for g in nx.graph_atlas_g() if g.number_of_nodes() == num_nodes and g.number_of_edges())
 
 
 def _edge_index(graph: nx.Graph) -> torch.Tensor:

@@ -6,9 +6,12 @@ and its scores.
   ``degree`` (node-level classes), ``cycle`` and ``connectivity`` (graph-level classes), ``triangles`` and
   ``shortest_path`` (graph-level regression), ``colors`` (one count per colour, regression); each split drawn from
   its own seed;
-* ``karate``: Zachary's karate club (networkx ``karate_club_graph``), the club of each member from one-hot node
-  ids; a stratified split of the nodes, transductive (every split is the one graph, ``data.mask`` selecting the
-  nodes it scores).
+* ``karate`` (the club of each member) and ``lesmis`` (each character's Louvain community): one-graph node
+  classification from one-hot node ids on graphs that ship in networkx, a stratified split of the nodes,
+  transductive (every split is the one graph, ``data.mask`` selecting the nodes it scores;
+  :mod:`nestedmemory.graphs.datasets`);
+* ``pyg``: a PyG dataset from a user path (``data``): node- or graph-level, classification or regression as its
+  targets say.
 
 Regression targets are standardised with the training split's mean and standard deviation (``GraphTask.shift``,
 ``scale``); the scores are on the original scale: ``rmse``, and ``accuracy`` of the prediction rounded to the
@@ -22,12 +25,11 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import networkx as nx
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Data
 
+from .datasets import SPLITS, graph_splits, karate, les_miserables, node_splits, read_pyg
 from .synthetic import graph_task
 from .transforms import AddHACOrder
 
@@ -36,14 +38,13 @@ __all__ = ["GraphTask", "SYNTHETIC", "TASKS", "make_task", "hac_levels"]
 #: short task name -> name in :func:`~nestedmemory.graphs.synthetic.graph_task`.
 SYNTHETIC = {"degree": "node_degree", "cycle": "cycle_check", "triangles": "triangle_count",
              "connectivity": "connectivity", "colors": "color_count", "shortest_path": "shortest_path"}
-TASKS = (*SYNTHETIC, "karate")
+#: one-graph node classification tasks on graphs that ship in networkx (:mod:`nestedmemory.graphs.datasets`).
+NAMED_GRAPHS = {"karate": karate, "lesmis": les_miserables}
+TASKS = (*SYNTHETIC, *NAMED_GRAPHS, "pyg")
 #: (level, kind) of each task.
 KINDS = {"degree": ("node", "classify"), "cycle": ("graph", "classify"), "triangles": ("graph", "regress"),
          "connectivity": ("graph", "classify"), "colors": ("graph", "regress"),
-         "shortest_path": ("graph", "regress"), "karate": ("node", "classify")}
-SPLITS = ("train", "val", "test")
-#: karate: share of each club's members in the training and validation splits (the rest is the test split).
-KARATE_SPLIT = (0.5, 0.25)
+         "shortest_path": ("graph", "regress"), "karate": ("node", "classify"), "lesmis": ("node", "classify")}
 
 
 @dataclass(frozen=True)
@@ -109,48 +110,61 @@ def hac_levels(max_nodes: int) -> int:
     return math.ceil(math.log2(max(max_nodes, 2))) + 1
 
 
-def _karate(seed: int) -> dict[str, list[Data]]:
-    """The karate club, its nodes split per club (:data:`KARATE_SPLIT`) by ``seed``."""
-    graph = nx.karate_club_graph()
-    n = graph.number_of_nodes()
-    y = torch.tensor([int(graph.nodes[v]["club"] != "Mr. Hi") for v in range(n)])
-    edges = torch.tensor(list(graph.edges()), dtype=torch.long).T
-    edge_index = torch.cat([edges, edges.flip(0)], 1)
-    rng = np.random.default_rng(seed)
-    split = np.empty(n, dtype=np.int64)
-    for label in (0, 1):
-        members = rng.permutation(np.flatnonzero(y.numpy() == label))
-        bounds = np.round(np.cumsum(KARATE_SPLIT) * members.size).astype(int)
-        for index, part in enumerate(np.split(members, bounds)):
-            split[part] = index
-    return {name: [Data(x=torch.eye(n), edge_index=edge_index, y=y, num_nodes=n,
-                        mask=torch.from_numpy(split == index))] for index, name in enumerate(SPLITS)}
+def _pyg_task(graphs: list[Data], seed: int) -> tuple[str, str, dict[str, list[Data]]]:
+    """``(level, kind, splits)`` of a user's PyG graphs: node-level when every graph has one target per node (a
+    single graph with ``train_mask`` / ``val_mask`` / ``test_mask`` keeps its split, else :func:`node_splits`),
+    graph-level otherwise (:func:`graph_splits`); classification when the targets are integers."""
+    kind = "regress" if graphs[0].y.is_floating_point() else "classify"
+    node_level = all(g.y.shape[0] == g.num_nodes for g in graphs) and any(g.num_nodes > 1 for g in graphs)
+    if not node_level:
+        return "graph", kind, graph_splits(graphs, seed)
+    if len(graphs) > 1:
+        raise ValueError("node-level targets in several graphs are not supported: give one graph (with train_mask / "
+                         "val_mask / test_mask, or split by --data_seed) or graph-level targets")
+    graph = graphs[0]
+    if all(hasattr(graph, f"{split}_mask") for split in SPLITS):
+        return "node", kind, {split: [Data(x=graph.x, edge_index=graph.edge_index, y=graph.y, num_nodes=graph.num_nodes,
+                                           mask=getattr(graph, f"{split}_mask").bool())] for split in SPLITS}
+    return "node", kind, node_splits(Data(x=graph.x, edge_index=graph.edge_index, y=graph.y, num_nodes=graph.num_nodes),
+                                     seed)
 
 
 def make_task(name: str, sizes: dict[str, int] | None = None, *, num_nodes: tuple[int, int] = (8, 24),
-              num_colors: int = 3, seed: int = 0) -> tuple[GraphTask, dict[str, list[Data]]]:
+              num_colors: int = 3, family: str | None = None, data: str | None = None,
+              seed: int = 0) -> tuple[GraphTask, dict[str, list[Data]]]:
     """Task ``name`` (:data:`TASKS`) and its splits ``{"train", "val", "test"}``: lists of PyG ``Data`` with the HAC
     fields (``hac_rank``, ``hac_levels``, ``hac_pe``) of one ``AddHACOrder``.
 
     Synthetic tasks: ``sizes`` graphs per split (default 256 / 64 / 256) of ``num_nodes`` (an inclusive range)
-    nodes, split ``i`` from seed ``3 * seed + i``; ``degree``'s classes are the degrees seen in any split. Karate:
-    one graph, ``seed`` splits its nodes. Raises ``ValueError`` for an unknown name or bad sizes."""
+    nodes from graph ``family`` (default: the task's), split ``i`` from seed ``3 * seed + i``; ``degree``'s classes
+    are the degrees seen in any split. Karate, Les Misérables: one graph, ``seed`` splits its nodes. ``pyg``: the
+    graphs at path ``data`` (:func:`~nestedmemory.graphs.datasets.read_pyg`), ``seed`` splits them. Raises
+    ``ValueError`` for an unknown name, bad sizes or unreadable data."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
-    if name == "karate":
-        splits = _karate(seed)
+    if (name == "pyg") != (data is not None):
+        raise ValueError("--data PATH goes with --task pyg (and --task pyg needs --data)")
+    level, kind = KINDS.get(name, (None, None))
+    if name in NAMED_GRAPHS:
+        splits = NAMED_GRAPHS[name](seed)
+    elif name == "pyg":
+        level, kind, splits = _pyg_task(read_pyg(data), seed)
     else:
         sizes = {"train": 256, "val": 64, "test": 256, **(sizes or {})}
-        splits = {split: graph_task(SYNTHETIC[name], sizes[split], num_nodes=num_nodes, num_colors=num_colors,
-                                    seed=3 * seed + index) for index, split in enumerate(SPLITS)}
+        splits = {split: graph_task(SYNTHETIC[name], sizes[split], family=family, num_nodes=num_nodes,
+                                    num_colors=num_colors, seed=3 * seed + index)
+                  for index, split in enumerate(SPLITS)}
+    if not splits["train"]:
+        raise ValueError(f"task {name!r}: the training split holds no graph")
     levels = hac_levels(max(g.num_nodes for graphs in splits.values() for g in graphs))
     transform = AddHACOrder(num_levels=levels)
     splits = {split: [transform(g) for g in graphs] for split, graphs in splits.items()}
-    level, kind = KINDS[name]
     if kind == "classify":
         outputs = 1 + max(int(g.y.max()) for graphs in splits.values() for g in graphs)
         return GraphTask(name, level, kind, outputs, levels), splits
-    values = torch.cat([g.y.double().flatten() for g in splits["train"]])  # regression tasks are graph-level
-    outputs = splits["train"][0].y.shape[-1] if name == "colors" else 1
+    first = splits["train"][0].y
+    outputs = first.shape[-1] if first.dim() > 1 else 1
+    values = torch.cat([(g.y if getattr(g, "mask", None) is None else g.y[g.mask]).double().flatten()
+                        for g in splits["train"]])
     scale = values.std().item() if values.numel() > 1 else 1.0
     return GraphTask(name, level, kind, outputs, levels, values.mean().item(), scale if scale > 0 else 1.0), splits

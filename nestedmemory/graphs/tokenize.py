@@ -5,7 +5,8 @@ hierarchical positional encoding from the HAC tree (:mod:`nestedmemory.graphs.ha
 * An *order* is a permutation ``perm: LongTensor[num_nodes]`` (``perm[i]`` = the node at position ``i``; a node's
   rank is ``perm.argsort()``): one sequence per graph, the sequence models run on ``x[perm]``.
 * Per-node token sequences are :class:`TokenSets`: each node gets a sequence of node sets, each set one token whose
-  encoding is the mean of its members' features (:meth:`TokenSets.pool`).
+  encoding is the mean of its members' features (:meth:`TokenSets.pool`; GSM++'s reading), or their sum
+  (``reduce="sum"``: the token then also carries its size, e.g. a node's degree in its 1-hop token).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from .structure import bfs, check_graph, check_node_features, csr, undirected_ed
 
 __all__ = [
     "TokenSets", "hac_dfs_order", "hac_bfs_tokens", "khop_tokens", "degree_order", "random_order",
-    "hierarchical_pe", "cluster_distances",
+    "hierarchical_pe", "cluster_distances", "POOLS",
 ]
+
+#: how a token encodes its member nodes.
+POOLS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -30,24 +34,36 @@ class TokenSets:
 
     * ``seq``: ``LongTensor[num_nodes, seq_len]``, the token ids of each node's sequence;
     * ``members``: ``LongTensor[2, num_members]``, pairs ``(token, node)``: the nodes each token pools;
-    * ``num_tokens``: the number of distinct token ids. A token without members pools to zeros.
+    * ``num_tokens``: the number of distinct token ids. A token without members pools to zeros;
+    * ``reduce``: ``"mean"`` (default) or ``"sum"`` of the members.
     """
 
     seq: torch.Tensor
     members: torch.Tensor
     num_tokens: int
+    reduce: str = "mean"
+
+    def __post_init__(self):
+        if self.reduce not in POOLS:
+            raise ValueError(f"unknown token pooling {self.reduce!r}: choose one of {', '.join(POOLS)}")
 
     def matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The mean-pooling matrix, sparse ``[num_tokens, num_nodes]`` with rows summing to 1 (or 0 if empty)."""
+        """The pooling matrix, sparse ``[num_tokens, num_nodes]``: ones on the members (``"sum"``), divided by the
+        token's size (``"mean"``: rows summing to 1, or 0 if empty)."""
         token, _ = self.members
-        value = 1.0 / torch.bincount(token, minlength=self.num_tokens)[token].to(dtype or torch.get_default_dtype())
+        value = torch.ones(token.shape, dtype=dtype or torch.get_default_dtype())
+        if self.reduce == "mean":
+            value = value / torch.bincount(token, minlength=self.num_tokens)[token]
         shape = (self.num_tokens, self.seq.shape[0])
         return torch.sparse_coo_tensor(self.members, value, shape, check_invariants=False).coalesce()
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Token encodings ``[num_nodes, seq_len, features]``: each token the mean of its members' rows of ``x``."""
+        """Token encodings ``[num_nodes, seq_len, features]``: each token the mean (or sum) of its members' rows of
+        ``x``."""
         token, node = self.members
         sums = x.new_zeros(self.num_tokens, x.shape[-1]).index_add_(0, token, x[node])
+        if self.reduce == "sum":
+            return sums[self.seq]
         count = torch.bincount(token, minlength=self.num_tokens).clamp_min(1).to(x.dtype)
         return (sums / count[:, None])[self.seq]
 

@@ -43,7 +43,7 @@ import yaml
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..train import checkpoint, lock, metrics
+from ..train import checkpoint, lock, metrics, resume
 from ..train.config import (
     AT_LEAST_ONE,
     FRACTION,
@@ -56,7 +56,6 @@ from ..train.config import (
     check_device,
     check_folder,
     check_names,
-    incompatible,
 )
 from ..train.errors import CheckpointError, NonFiniteError, UserError
 from .data import ANOMALY_SETS, LAYOUTS, AnomalyDataset, ForecastDataset, infer_layout, load_anomaly, read_table
@@ -438,39 +437,18 @@ class Trainer:
     def _resumed(self) -> tuple[dict, dict] | None:
         if self.config.resume is None:
             return None
-        self.source = checkpoint.resolve(self.config.resume)
-        weights, state = checkpoint.load(self.source)
-        saved = state.get("config") if isinstance(state, dict) else None
-        if not isinstance(saved, dict) or "task" not in saved or "weights" not in state:
-            raise CheckpointError(f"{self.source} is not a checkpoint of a time-series run")
-        problems = incompatible(saved, self.config, RESUMABLE)
-        if problems:
-            raise CheckpointError(f"incompatible config on resume from {self.source}: " + "; ".join(problems))
+        self.source, weights, state = resume.load_resumed(self.config.resume, self.config, RESUMABLE,
+                                                          "time-series run", key="task")
         return weights, state
 
     def _run_dir(self, resumed) -> Path:
-        """The run folder, checked before anything is written: a new (or empty) folder, or the folder of the
-        checkpoint resumed if it is its newest; in either case one no live training process holds."""
         config = self.config
-        if resumed and (config.out is None or Path(config.out).resolve() == self.source.parent.resolve()):
-            lock.ensure_free(self.source.parent)
-            if checkpoint.checkpoints(self.source.parent)[-1] != self.source:
-                raise UserError(f"{self.source} is not the newest checkpoint of {self.source.parent}; pass --out "
-                                "NEW_FOLDER to branch a new run from it")
-            return self.source.parent
-        run_dir = Path(config.out or f"runs/ts-{config.model}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-        lock.ensure_free(run_dir)
-        if run_dir.exists() and any(path.name != lock.LOCK_FILE for path in run_dir.iterdir()):
-            raise UserError(f"run folder {run_dir} already exists; continue it with --resume {run_dir} or choose "
-                            "another --out")
-        return run_dir
+        return resume.run_folder(self.source if resumed else None, config.out,
+                                 f"runs/ts-{config.model}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                 "nestedmemory ts train")
 
     def _restore(self, best_weights: dict, state: dict) -> None:
-        self.model.load_state_dict(state["weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        resume.restore(state, self.model, self.optimizer)
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.accumulated, self.best, self.counter = state["accumulated"], state["best"], state["counter"]
         self.best_weights = best_weights if self.best is not None else None
@@ -595,8 +573,7 @@ class Trainer:
         weights = checkpoint.finite_weights(self.model, self.step, self.run_dir)
         state = dict(config=dataclasses.asdict(self.config), epoch=self.epoch, batch=self.batch, step=self.step,
                      accumulated=self.accumulated, best=self.best, counter=self.counter, weights=weights,
-                     optimizer=self.optimizer.state_dict(), rng=dict(cpu=torch.get_rng_state(), cuda=(
-                         torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])))
+                     optimizer=self.optimizer.state_dict(), rng=resume.rng_state())
         path = checkpoint.save_run(self.run_dir, self.step, self.model.config, self.best_weights or weights, state,
                                    self.config.keep_checkpoints)
         metrics.plot(metrics.read(self.run_dir / metrics.METRICS), self.run_dir / metrics.PLOT,

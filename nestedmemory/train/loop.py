@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from ..data import TextData, load_tokenizer
 from ..models import NestedMemoryForCausalLM
-from . import checkpoint, distributed, inference, lock, metrics, stages
-from .config import TrainConfig, incompatible, model_config
-from .errors import CheckpointError, NonFiniteError, UserError
+from . import checkpoint, distributed, inference, lock, metrics, resume, stages
+from .config import RESUMABLE_FIELDS, TrainConfig, model_config
+from .errors import NonFiniteError, UserError
 from .evaluate import loss_sums, summary, unigram_loss
 from .optim import build_optimizer, build_scheduler
 
@@ -92,30 +92,15 @@ class Trainer:
     def _resumed_state(self) -> dict | None:
         if self.config.resume is None:
             return None
-        self.source = checkpoint.resolve(self.config.resume)
-        weights, state = checkpoint.load(self.source)
-        problems = incompatible(state["config"], self.config)
-        if problems:
-            raise CheckpointError(f"incompatible config on resume from {self.source}: " + "; ".join(problems))
+        self.source, weights, state = resume.load_resumed(self.config.resume, self.config, RESUMABLE_FIELDS)
         return dict(weights=weights, state=state)
 
     def _run_dir(self, resumed: dict | None) -> Path:
-        """The run folder, checked before anything is written: a new (or empty) folder, or the folder of the
-        checkpoint resumed if it is its newest; in either case one no live training process holds."""
-        config = self.config
-        if resumed and (config.out is None or Path(config.out).resolve() == self.source.parent.resolve()):
-            self._on_main(lambda: lock.ensure_free(self.source.parent))
-            if checkpoint.checkpoints(self.source.parent)[-1] != self.source:
-                raise UserError(f"{self.source} is not the newest checkpoint of {self.source.parent}; "
-                                "pass --out NEW_FOLDER to branch a new run from it")
-            return self.source.parent
+        """The run folder (:func:`~nestedmemory.train.resume.run_folder`), its lock checked on the main process."""
         stamp = self.processes.broadcast(time.strftime("%Y%m%d-%H%M%S"))
-        run_dir = Path(config.out or f"runs/{config.model.preset}-{config.model.size}-{stamp}")
-        self._on_main(lambda: lock.ensure_free(run_dir))
-        if run_dir.exists() and any(path.name != lock.LOCK_FILE for path in run_dir.iterdir()):
-            raise UserError(f"run folder {run_dir} already exists; continue it with --resume {run_dir} or choose "
-                            "another --out")
-        return run_dir
+        return resume.run_folder(self.source if resumed else None, self.config.out,
+                                 f"runs/{self.config.model.preset}-{self.config.model.size}-{stamp}",
+                                 "nestedmemory train", lambda folder: self._on_main(lambda: lock.ensure_free(folder)))
 
     def _on_main(self, action) -> None:
         """``action()`` on the main process; a :class:`UserError` it raises is raised on every process (none is
@@ -137,9 +122,7 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True, strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        resume.restore_rng(state["rng"])
         self.step = state["step"]
         self.saved_step = self.step if self.run_dir == self.source.parent else None
         self.accumulated = state["log_accumulator"]
@@ -313,8 +296,7 @@ class Trainer:
         if self.processes.main:
             state = dict(step=self.step, config=dataclasses.asdict(self.config), optimizer=optimizer_state,
                          scheduler=self.scheduler.state_dict(), log_accumulator=self.accumulated, skipped=self.skipped,
-                         data=dict(batches=self.step), rng=dict(cpu=torch.get_rng_state(), cuda=(
-                             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])))
+                         data=dict(batches=self.step), rng=resume.rng_state())
             checkpoint.save(self.run_dir, self.step, self.model_config, model_state, self.tokenizer, state,
                             self.config.keep_checkpoints)
             self._plot()
