@@ -9,13 +9,15 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from checks import ctrl_c_before_step, one_line_command_error, printed_resume_command
 from nestedmemory.cli import main
 from nestedmemory.timeseries import train as ts
-from nestedmemory.timeseries.synthetic import synthetic_ett
+from nestedmemory.timeseries.synthetic import synthetic_anomaly, synthetic_ett
 from nestedmemory.train import checkpoint, metrics
 
 TINY = ["--model", "mamba2", "--dim", "8", "--layers", "1", "--progress", "false"]
@@ -108,6 +110,22 @@ def write_ts(path, cases: int, seed: int) -> None:
         dims = [trend + 0.1 * torch.randn(12, generator=generator) for _ in range(2)]
         lines.append(":".join(",".join(f"{v:.4f}" for v in dim.tolist()) for dim in dims) + f":{label}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def test_anomaly_reads_a_timeeval_csv_from_a_path(tmp_path):
+    """One labelled series (a Daphnet-like TimeEval file: timestamp, values…, is_anomaly), split in time."""
+    train, test, labels = synthetic_anomaly(400)
+    values = np.concatenate([train, test])
+    frame = pd.DataFrame(values, columns=[f"v{i}" for i in range(values.shape[1])])
+    frame.insert(0, "timestamp", np.arange(len(values)))
+    frame["is_anomaly"] = np.concatenate([np.zeros(len(train), dtype=int), labels])
+    path = tmp_path / "recording.csv"
+    frame.to_csv(path, index=False)
+    run = tmp_path / "run"
+    flags = [arg for arg in TASKS["anomaly"] if arg not in ("--synthetic_size", "400")]
+    assert main(["ts", "train", *flags, "--data", str(path), "--epochs", "1", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["data"] == str(path) and 0 <= results["f1"] <= results["f1_pa"] <= 1
 
 
 def test_classify_reads_a_uea_ts_pair(tmp_path, capsys):
@@ -232,6 +250,7 @@ BAD = [
     ([*SMALL, "--options", "{no_such: 1}"], "unknown option 'no_such'"),
     (["--task", "classify", "--data", "NoSuchSet"], "UEA set 'NoSuchSet' not found"),
     (["--task", "anomaly", "--data", "nope"], "--data: unknown anomaly set 'nope'"),
+    (["--task", "anomaly", "--data", "INPUTS/missing.csv"], "--data INPUTS/missing.csv: no such file"),
     (["--out", "INPUTS/tiny.csv"], "--out INPUTS/tiny.csv is a file"),
     (["--resume", "INPUTS/nowhere"], "checkpoint not found"),
 ]

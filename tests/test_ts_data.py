@@ -283,6 +283,9 @@ def test_timeeval_files_from_a_user_folder(tmp_path):
     timeeval(tmp_path / "S06R02E0.csv", np.arange(20.0)[:, None].repeat(9, 1), np.arange(20) % 2)
     train, test, labels = load_anomaly("Daphnet_S06R02E0", tmp_path, train_fraction=0.25)
     assert train.shape == (5, 9) and test[0, 0] == 5 and labels.tolist() == (np.arange(5, 20) % 2).tolist()
+    train, test, labels = load_anomaly(str(tmp_path / "S06R02E0.csv"), train_fraction=0.25)  # a labelled file
+    assert train.shape == (5, 9) and test[0, 0] == 5 and labels.tolist() == (np.arange(5, 20) % 2).tolist()
+    one_line_error(lambda: load_anomaly(str(tmp_path / "missing.csv")), "missing.csv: no such file")
     one_line_error(lambda: load_anomaly("KDD-TSAD_135", tmp_path), "not found", "pip install aeon")
     one_line_error(lambda: load_anomaly("PSM"), "unknown anomaly set")
     one_line_error(lambda: load_timeeval_csv(write(tmp_path, "timestamp,v,label\n0,1,0\n")), "TimeEval")

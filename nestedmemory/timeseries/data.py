@@ -372,9 +372,16 @@ ANOMALY_SETS: dict[str, tuple[str, str | None, str]] = {
 def load_anomaly(name: str, root: str | Path | None = None,
                  train_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(train [T, C], test [T', C], test_labels [T'])`` of an :data:`ANOMALY_SETS` set, read from ``root`` (a
-    folder laid out like ``aeon/datasets/data``, or holding the files directly) or else from an installed aeon.
-    A set shipped as one series is split in time: the first ``int(train_fraction·T)`` rows train (their labels
+    folder laid out like ``aeon/datasets/data``, or holding the files directly) or else from an installed aeon; or
+    of a TimeEval CSV file ``name`` (``*.csv``: one labelled series, e.g. a Daphnet recording with its labels). A
+    set shipped as one series is split in time: the first ``int(train_fraction·T)`` rows train (their labels
     dropped), the rest test."""
+    if not 0 < train_fraction < 1:
+        raise DataError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if name.lower().endswith(".csv"):
+        if not Path(name).is_file():
+            raise DataError(f"{name}: no such file")
+        return split_in_time(*load_timeeval_csv(Path(name)), train_fraction)
     if name not in ANOMALY_SETS:
         raise DataError(f"unknown anomaly set {name!r}: choose one of {', '.join(ANOMALY_SETS)}")
     folder, train_file, test_file = ANOMALY_SETS[name]
@@ -390,7 +397,12 @@ def load_anomaly(name: str, root: str | Path | None = None,
     if train_file is not None:
         train, _ = load_timeeval_csv(base / train_file)
         return train, test, labels
-    if not 0 < train_fraction < 1:
-        raise DataError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    cut = int(len(test) * train_fraction)
-    return test[:cut], test[cut:], labels[cut:]
+    return split_in_time(test, labels, train_fraction)
+
+
+def split_in_time(values: np.ndarray, labels: np.ndarray,
+                  train_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One labelled series as ``(train, test, test_labels)``: the first ``int(train_fraction·T)`` rows train (their
+    labels dropped), the rest test."""
+    cut = int(len(values) * train_fraction)
+    return values[:cut], values[cut:], labels[cut:]

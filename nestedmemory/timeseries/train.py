@@ -96,7 +96,7 @@ class TSTrainConfig(Settings):
         data: ``synthetic`` (a deterministic set for the task); forecast: a TSLib CSV file (date, features…);
             classify: a UEA name (JapaneseVowels, BasicMotions: from an installed aeon / sktime) or a ``*_TRAIN.ts``
             file (its ``*_TEST.ts`` beside it); anomaly: an aeon anomaly set (daphnet, ecg-diff-count-3,
-            KDD-TSAD_135)
+            KDD-TSAD_135) or a TimeEval CSV file (timestamp, values…, is_anomaly; split in time, half to train)
         synthetic_size: size of the synthetic set (default: 2000 hourly rows to forecast; 512 training series of
             96 steps to classify, with 1/4 as many to validate and 1/2 to test; 2000 training and 2000 test rows
             for anomalies)
@@ -218,7 +218,7 @@ class TSEvalConfig(RunEvalConfig):
 def data_source(task: str, data: str):
     """What ``--data`` names for ``task``, checked without reading it: ``synthetic``, a CSV path (forecast), the
     ``(train, test)`` ``.ts`` paths (classify) or an :data:`~.data.ANOMALY_SETS` name (anomaly; a case-insensitive
-    prefix such as ``daphnet`` will do). Raises :class:`InvalidSetting` naming the problem."""
+    prefix such as ``daphnet`` will do) or a TimeEval CSV path. Raises :class:`InvalidSetting` naming the problem."""
     if data == SYNTHETIC:
         return SYNTHETIC
     if task == "forecast":
@@ -236,6 +236,11 @@ def data_source(task: str, data: str):
         if test == train:
             raise InvalidSetting(f"--data {data}: name the *_TRAIN.ts file (its *_TEST.ts must be beside it)")
         return train, test
+    if data.lower().endswith(".csv"):
+        if not Path(data).is_file():
+            raise InvalidSetting(f"--data {data}: no such file (anomaly detection reads a TimeEval CSV: timestamp, "
+                                 "values…, is_anomaly)")
+        return data
     matches = [name for name in ANOMALY_SETS if name.lower().startswith(data.lower())]
     if len(matches) != 1:
         raise InvalidSetting(f"--data: unknown anomaly set {data!r}; choose from {', '.join(ANOMALY_SETS)} or "
