@@ -37,7 +37,7 @@ from ..train.config import (
     AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, InvalidSetting, Limit, RunEvalConfig, Settings, check_device, check_folder,
     check_names,
 )
-from ..train.errors import CheckpointError, NonFiniteError, UserError
+from ..train.errors import CheckpointError, UserError
 from .branches import TOKENIZATIONS
 from .mixers import NAMED
 from .synthetic import ATLAS_NODES, FAMILIES
@@ -231,15 +231,6 @@ def test_scores(model, task: GraphTask, graphs: list, batch_size: int, device) -
     return task.scores(torch.cat([p[0] for p in pairs]).cpu(), torch.cat([p[1] for p in pairs]).cpu())
 
 
-def finite_scores(scores: dict[str, dict], where: str) -> None:
-    """Raise :class:`NonFiniteError` naming the first NaN or infinite score of ``{split: {name: value}}``."""
-    for split, values in scores.items():
-        for name, value in values.items():
-            if not math.isfinite(value):
-                raise NonFiniteError(f"{where}: the {split} {name} is {value} (not finite): the model's weights or "
-                                     "outputs are NaN or infinite")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,7 +329,7 @@ class Trainer:
         self.epoch, loss, self.batch, self.loss_sum = self.epoch + 1, self.loss_sum / self.per_epoch, 0, 0.0
         scores = {split: test_scores(self.model, self.task, self.splits[split], config.batch_size, self.device)
                   for split in ("val", "test")}
-        finite_scores(scores, f"epoch {self.epoch} (step {self.step})")
+        checkpoint.check_scores(scores, f"epoch {self.epoch} (step {self.step})", self.run_dir)
         headline = self.task.headline
         measure = scores["val"][headline] * (1 if self.task.higher_is_better else -1)
         if self.best is None or measure >= self.best["score"]:  # a tie counts as better
@@ -400,7 +391,7 @@ class Trainer:
         """The best model on the test split: ``results.json`` and a table."""
         self.model.load_state_dict(self.best_weights)
         scores = test_scores(self.model, self.task, self.splits["test"], self.config.batch_size, self.device)
-        finite_scores({"test": scores}, "the best model")
+        checkpoint.check_scores({"test": scores}, "the best model")
         results = dict(scores, headline=self.task.headline, model=self.config.model, task=self.config.task,
                        parameters=count_parameters(self.model), graphs=len(self.splits["test"]),
                        best_epoch=self.best["epoch"], epochs=self.epoch, steps=self.step)
@@ -442,7 +433,7 @@ def evaluate(run: str | Path, config: GraphEvalConfig) -> dict:
     model, task, settings, folder = load_run(run, device)
     test = load_data(settings)[1]["test"]
     scores = test_scores(model, task, test, config.batch_size or settings.batch_size, device)
-    finite_scores({"test": scores}, f"the model of {folder}")
+    checkpoint.check_scores({"test": scores}, f"the model of {folder}")
     results = dict(scores, headline=task.headline, model=settings.model, task=settings.task,
                    parameters=count_parameters(model), graphs=len(test), checkpoint=str(folder))
     out = Path(config.out or (folder.parent if checkpoint.checkpoints(folder.parent) else folder))

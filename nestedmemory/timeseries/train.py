@@ -383,10 +383,7 @@ def score_test_split(model, config: TSTrainConfig, splits: dict, batch_size: int
         results = dict(anomaly_scores(train_energy, test_energy, test.labels.numpy(), config.anomaly_ratio),
                        points=len(test_energy), win_size=config.win_size, anomaly_ratio=config.anomaly_ratio)
         prediction, target = test_energy, test.labels.numpy()
-    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v) and k not in ("mape", "mspe")]
-    if bad:
-        raise NonFiniteError(f"the test {bad[0]} is {results[bad[0]]} (not finite): the model's weights or outputs "
-                             "are NaN or infinite")
+    checkpoint.check_scores({"test": results}, "testing", skip=("mape", "mspe"))
     return results, (prediction, target)
 
 
@@ -537,11 +534,7 @@ class Trainer:
         config = self.config
         scores = {split: score(config, *predict(self.model, config, self.splits[split], config.batch_size,
                                                 self.device)) for split in ("val", "test")}
-        for split, values in scores.items():
-            for name, value in values.items():
-                if not math.isfinite(value):
-                    raise NonFiniteError(f"epoch {self.epoch + 1} (step {self.step}): the {split} {name} is {value} "
-                                         f"(not finite). Nothing was saved: {checkpoint.last_finite_state(self.run_dir)}")
+        checkpoint.check_scores(scores, f"epoch {self.epoch + 1} (step {self.step})", self.run_dir)
         total, count = self.accumulated
         record = dict(epoch=self.epoch + 1, step=self.step, lr=lr_at(config, self.epoch), loss=total / count,
                       **{f"{split}_{name}": v for split, values in scores.items() for name, v in values.items()})

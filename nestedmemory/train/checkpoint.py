@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -126,6 +127,17 @@ def check_update(loss: float, grad_norm: float, where: str, run_dir: Path) -> No
     if bad:
         raise NonFiniteError(f"{where}: {bad}; the update was not applied. Nothing was saved: "
                              f"{last_finite_state(run_dir)}. Try a lower --lr in a new run")
+
+
+def check_scores(scores: dict[str, dict], where: str, run_dir: Path | None = None, skip=()) -> None:
+    """Raise :class:`NonFiniteError` naming the first NaN or infinite score of ``{split: {name: value}}`` (names in
+    ``skip`` aside) at ``where``; in a training run (``run_dir``), also the last finite state."""
+    for split, values in scores.items():
+        for name, value in values.items():
+            if isinstance(value, numbers.Real) and name not in skip and not math.isfinite(value):
+                saved = f" Nothing was saved: {last_finite_state(run_dir)}" if run_dir is not None else ""
+                raise NonFiniteError(f"{where}: the {split} {name} is {value} (not finite): the model's weights or "
+                                     f"outputs are NaN or infinite.{saved}")
 
 
 def finite_weights(model, step: int, run_dir: Path) -> dict:
