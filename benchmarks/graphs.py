@@ -25,7 +25,8 @@ Sections (``--section``, default all):
 - ``pooling``: the local tasks again with k-hop and HAC-BFS tokens that *sum* their nodes (``pool="sum"``) instead
   of averaging them (GSM++'s reading): a summed token also carries its size.
 - ``longrange``: connectivity where it is a global task: forests of 2–3 random trees on 32–64 nodes
-  (``family="forest"``; a connected pair is on average 4.7 hops apart, half of them more than 4) — the ``global``
+  (``family="forest"``; a connected pair is on average 4.6 hops apart, half of them more than 4: beyond what a
+  2-layer message-passing model relates) — the ``global``
   grid of tokenisations × encoders, plus GSM++ (HAC-DFS and its mixture of tokenisations, MoT), GPS and GatedGCN
   at GSM++'s parameter count; 400 steps.
 
