@@ -13,9 +13,9 @@
 * :mod:`.branches`, :mod:`.conv`, :mod:`.models` (need ``torch_geometric``): tokenise → mix → back to nodes,
   ``GSMConv`` (``GPSConv``'s layout and calling convention), ``GSMModel`` and the GPS / GatedGCN baselines.
 
-``synthetic``, ``datasets``, ``transforms`` and ``tasks`` need optional dependencies: import them explicitly. The layers and models
-load on first use of their names here (``from nestedmemory.graphs import GSMConv``), so importing this package needs
-numpy and torch only.
+``synthetic``, ``datasets``, ``transforms`` and ``tasks`` need optional dependencies: import them explicitly. The
+layers and models load on first use of their names here (``from nestedmemory.graphs import GSMConv``), so importing
+this package needs numpy and torch only.
 """
 
 from .hac import HACTree, edge_affinity, hac_tree

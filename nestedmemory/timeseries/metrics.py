@@ -2,8 +2,8 @@
 ``utils/tools.py``, ``exp/exp_anomaly_detection.py``).
 
 Forecasting metrics take arrays of any (equal) shape and average over every element, as TSLib does on
-``[windows, pred_len, C]`` (on the *scaled* data: TSLib's ``--inverse`` is off by default). Mismatched shapes or an ``anomaly_ratio`` outside
-(0, 100) raise :class:`~nestedmemory.timeseries.data.DataError`.
+``[windows, pred_len, C]`` (on the *scaled* data: TSLib's ``--inverse`` is off by default). Mismatched shapes or an
+``anomaly_ratio`` outside (0, 100) raise :class:`~nestedmemory.timeseries.data.DataError`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ changes nothing.
 :func:`build_model` builds one by name: ``chimera`` / ``tsm2`` / ``hydra`` (the channel-mixing models, imported
 when asked for), any preset of :data:`nestedmemory.models.PRESETS` as the channel-independent backbone of
 :mod:`.zoo`, or a forecasting baseline of a maintained library (:mod:`.baselines`: ``dlinear``, ``patchtst``,
-``itransformer``, … from ``neuralforecast``, an optional dependency). ``model.config`` holds the arguments, and :meth:`TimeSeriesModel.from_config` rebuilds the model.
+``itransformer``, … from ``neuralforecast``, an optional dependency). ``model.config`` holds the arguments, and
+:meth:`TimeSeriesModel.from_config` rebuilds the model.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Checkpoints: one folder per step, ``<run>/checkpoint-000100/``, that is also a Hugging Face model folder —
 ``config.json`` + ``model.safetensors`` + the model's code (``from_pretrained`` reads it, with
-``trust_remote_code=True`` also without this package), the tokenizer, and ``trainer_state.pt`` (optimizer, scheduler, RNG, data position, the run's config).
+``trust_remote_code=True`` also without this package), the tokenizer, and ``trainer_state.pt`` (optimizer,
+scheduler, RNG, data position, the run's config).
 
 A checkpoint is written into a hidden temporary folder, its files flushed to disk, then renamed into place
 (``os.replace``, atomic): a crash or Ctrl-C leaves either the complete checkpoint or none, and an existing one is
