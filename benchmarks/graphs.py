@@ -201,18 +201,27 @@ def constant(name: str, settings: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- sections
+def token_rows(grid: dict, rows: list, settings: dict, **spec) -> list[dict]:
+    """:func:`run` of every (encoder, (tokenisation, PE), task) of a tokenisation grid: GSM layers without their
+    local MPNN, ``spec`` added to each run's."""
+    return [run(task, dict(tokenization=t, mixer=m, pe=pe, conv=None, **spec), settings)
+            for m in grid["mixers"] for t, pe in rows for task in grid["tasks"]]
+
+
+def result(settings: dict, grid: dict, rows: list, **more) -> dict:
+    """A section's record: its settings, grid, rows and the constant predictor of each task."""
+    return dict(settings=settings, grid=grid, rows=rows, **more,
+                constant=[constant(t, settings) for t in grid["tasks"]])
+
+
 def section_local(quick: bool) -> dict:
     settings, grid = (QUICK, QUICK_LOCAL) if quick else (SETTINGS, LOCAL)
-    rows = [run(task, dict(tokenization=t, mixer=m, pe=True, conv=None), settings)
-            for m in grid["mixers"] for t in grid["tokenizations"] for task in grid["tasks"]]
-    return dict(settings=settings, grid=grid, rows=rows, constant=[constant(t, settings) for t in grid["tasks"]])
+    return result(settings, grid, token_rows(grid, [(t, True) for t in grid["tokenizations"]], settings))
 
 
 def section_global(quick: bool) -> dict:
     settings, grid = (QUICK, QUICK_GLOBAL) if quick else (SETTINGS, GLOBAL)
-    rows = [run(task, dict(tokenization=t, mixer=m, pe=pe, conv=None), settings)
-            for m in grid["mixers"] for t, pe in grid["rows"] for task in grid["tasks"]]
-    return dict(settings=settings, grid=grid, rows=rows, constant=[constant(t, settings) for t in grid["tasks"]])
+    return result(settings, grid, token_rows(grid, grid["rows"], settings))
 
 
 def section_counting(quick: bool) -> dict:
@@ -245,23 +254,20 @@ def section_baselines(quick: bool) -> dict:
     settings, grid = (QUICK, QUICK_BASELINES) if quick else (SETTINGS, BASELINES)
     rows = [run(task, matched(task, dict(model=model), settings), settings)
             for task in grid["tasks"] for model in grid["models"]]
-    return dict(settings=settings, grid=grid, rows=rows, constant=[constant(t, settings) for t in grid["tasks"]])
+    return result(settings, grid, rows)
 
 
 def section_pooling(quick: bool) -> dict:
     settings, grid = (QUICK, QUICK_POOLING) if quick else (SETTINGS, POOLING)
-    rows = [run(task, dict(tokenization=t, mixer=m, pe=True, conv=None, pool=grid["pool"]), settings)
-            for m in grid["mixers"] for t in grid["tokenizations"] for task in grid["tasks"]]
-    return dict(settings=settings, grid=grid, rows=rows, constant=[constant(t, settings) for t in grid["tasks"]])
+    rows = token_rows(grid, [(t, True) for t in grid["tokenizations"]], settings, pool=grid["pool"])
+    return result(settings, grid, rows)
 
 
 def section_longrange(quick: bool) -> dict:
     settings, grid = (QUICK_LONGRANGE_SETTINGS, QUICK_LONGRANGE) if quick else (LONGRANGE_SETTINGS, LONGRANGE)
-    rows = [run(task, dict(tokenization=t, mixer=m, pe=pe, conv=None), settings)
-            for m in grid["mixers"] for t, pe in grid["rows"] for task in grid["tasks"]]
-    task = grid["tasks"][0]
+    rows, task = token_rows(grid, grid["rows"], settings), grid["tasks"][0]
     models = [run(task, matched(task, spec, settings), settings) for spec in grid["models"]]
-    return dict(settings=settings, grid=grid, rows=rows, models=models, constant=[constant(task, settings)])
+    return result(settings, grid, rows, models=models)
 
 
 # ---------------------------------------------------------------------------------------------- orderings

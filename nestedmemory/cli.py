@@ -214,26 +214,27 @@ def bench(args) -> int:
     return 0
 
 
+def train_or_evaluate(args, trainer, train_config, eval_config) -> int:
+    """``<group> train`` (status 130 when interrupted) or ``<group> eval`` of a trainer module (``train``,
+    ``evaluate``) with its settings classes."""
+    if args.subcommand == "train":
+        return 130 if trainer.train(settings(train_config, args.train))["interrupted"] else 0
+    trainer.evaluate(args.eval.run, settings(eval_config, args.eval))
+    return 0
+
+
 def ts(args) -> int:
     """``ts train`` / ``ts eval``."""
-    from .timeseries import train as ts_train
+    from .timeseries import train as trainer
 
-    if args.subcommand == "train":
-        summary = ts_train.train(settings(ts_train.TSTrainConfig, args.train))
-        return 130 if summary["interrupted"] else 0
-    ts_train.evaluate(args.eval.run, settings(ts_train.TSEvalConfig, args.eval))
-    return 0
+    return train_or_evaluate(args, trainer, trainer.TSTrainConfig, trainer.TSEvalConfig)
 
 
 def graph(args) -> int:
     """``graph train`` / ``graph eval``."""
-    from .graphs import train as graph_train
+    from .graphs import train as trainer
 
-    if args.subcommand == "train":
-        summary = graph_train.train(settings(graph_train.GraphTrainConfig, args.train))
-        return 130 if summary["interrupted"] else 0
-    graph_train.evaluate(args.eval.run, settings(graph_train.GraphEvalConfig, args.eval))
-    return 0
+    return train_or_evaluate(args, trainer, trainer.GraphTrainConfig, trainer.GraphEvalConfig)
 
 
 def graph_parsers(command, train_defaults: dict | None = None) -> dict:
