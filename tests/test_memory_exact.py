@@ -35,16 +35,33 @@ def random_state(rule, dtype, seed=0):
     return state
 
 
-def run_both(rule, length, dtype=torch.float64, seed=0, lr_scale=1.0):
-    """Outputs, final weights and outer gradients (w.r.t. q, k, v, every gate, the initial state) of both paths."""
+def pieces(q, k, v, rule, *, initial_state, cuts, **gates):
+    """``memorize`` (chunked mode) over the pieces of the sequence between ``cuts``, each resuming from the state
+    the last one returned: one-token pieces take the direct decoding step, longer ones the chunk grid."""
+    outs, state, start = [], initial_state, 0
+    for end in [*cuts, q.shape[1]]:
+        piece = {name: g[:, start:end] for name, g in gates.items()}
+        out, state = memorize(q[:, start:end], k[:, start:end], v[:, start:end], rule, initial_state=state,
+                              output_final_state=True, **piece)
+        outs.append(out)
+        start = end
+    return torch.cat(outs, 1), state
+
+
+def run_both(rule, length, dtype=torch.float64, seed=0, lr_scale=1.0, fast="chunked"):
+    """Outputs, final weights and outer gradients (w.r.t. q, k, v, every gate, the initial state) of the recurrent
+    path and ``fast``: ``chunked`` (one call) or ``pieces`` (a 5-token prefill, then one token per call)."""
     g = torch.Generator().manual_seed(seed)
     q, k, v, gates = random_inputs(rule, B, length, H, D, dtype=dtype, generator=g, requires_grad=True)
     gates["lr"] = (lr_scale * gates["lr"].detach()).requires_grad_()
     state = random_state(rule, dtype, seed)
     leaves = [q, k, v, *gates.values(), *state.weights, *(state.momentum or [])]
     results = {}
-    for mode in ("recurrent", "chunked"):
-        out, final = memorize(q, k, v, rule, initial_state=state, output_final_state=True, mode=mode, **gates)
+    for mode in ("recurrent", fast):
+        if mode == "pieces":
+            out, final = pieces(q, k, v, rule, initial_state=state, cuts=range(5, length), **gates)
+        else:
+            out, final = memorize(q, k, v, rule, initial_state=state, output_final_state=True, mode=mode, **gates)
         probe = torch.Generator().manual_seed(seed + 1)
         loss = (out * torch.randn(out.shape, dtype=dtype, generator=probe)).sum()
         for w in final.weights:
@@ -56,7 +73,8 @@ def run_both(rule, length, dtype=torch.float64, seed=0, lr_scale=1.0):
 
 
 def assert_same(results, tol):
-    for i, (ref, fast) in enumerate(zip(results["recurrent"], results["chunked"])):
+    ref_results, fast_results = results.values()
+    for i, (ref, fast) in enumerate(zip(ref_results, fast_results)):
         err = relative_error(ref, fast) if ref.abs().max() > 0 else fast.abs().max().item()
         assert err < tol, f"tensor #{i} differs: relative error {err:.2e}"
 
@@ -65,6 +83,13 @@ def assert_same(results, tol):
 @pytest.mark.parametrize("chunk_size,length", [(1, 7), (3, 11), (16, 21)])
 def test_chunked_matches_recurrent_fp64(rule, chunk_size, length):
     assert_same(run_both(with_chunk(rule, chunk_size), length), 1e-9)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=rule_id)
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_decoding_token_by_token_matches_recurrent_fp64(rule, chunk_size):
+    """A prefill, then the direct one-token step (no chunk grid, no autograd) from every chunk offset."""
+    assert_same(run_both(with_chunk(rule, chunk_size), 11, fast="pieces"), 1e-9)
 
 
 TITANS = [MemoryRule(memory="linear", retention="decay", learner="momentum"),

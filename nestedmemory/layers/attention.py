@@ -15,7 +15,7 @@ from torch import nn
 
 from .cache import LayerStates
 from .common import residual_output
-from .rope import apply_rope
+from .rope import rope_angles, rotate
 
 
 class Attention(nn.Module):
@@ -82,9 +82,9 @@ class Attention(nn.Module):
             positions = (start[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
         positions = positions.expand(b, t)
 
-        q = apply_rope(self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim), positions, self.rope_theta)
-        k = apply_rope(self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim), positions,
-                       self.rope_theta)
+        cos, sin = rope_angles(positions, self.head_dim, self.rope_theta, hidden_states.dtype)
+        q = rotate(self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim), cos, sin)
+        k = rotate(self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
         if state is not None:
             k, v, valid = (torch.cat((state[n], x), 1) for n, x in (("k", k), ("v", v), ("valid", valid)))
@@ -110,9 +110,11 @@ class Attention(nn.Module):
             v = torch.cat((self.persistent_v.to(v.dtype).expand(b, -1, -1, -1), v), 1)
         group = self.num_heads // self.num_kv_heads
         q = q.transpose(1, 2)
-        k, v = (x.transpose(1, 2).repeat_interleave(group, 1) for x in (k, v))
+        k, v = (x.transpose(1, 2) if group == 1 else x.transpose(1, 2).repeat_interleave(group, 1) for x in (k, v))
         if plain and self.window is None and n_p == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        if t == 1 and (self.window is None or s <= self.window) and bool(valid.all()):
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # one query that sees every key
         i = torch.arange(s - t, s, device=q.device)[:, None]
         j = torch.arange(s, device=q.device)
         allowed = j <= i

@@ -47,7 +47,11 @@ class ShortConvolution(nn.Module):
         if state is None:
             state = x.new_zeros(b, self.size - 1, c)
         padded = torch.cat([state.to(x.dtype), x], dim=1)
-        y = F.conv1d(padded.transpose(1, 2), self.weight.unsqueeze(1).to(x.dtype), groups=c).transpose(1, 2)
+        weight = self.weight.to(x.dtype)
+        if x.shape[1] == 1:  # one token (decoding): the window's weighted sum, without a convolution call
+            y = (padded * weight.t()).sum(1, keepdim=True)
+        else:
+            y = F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), groups=c).transpose(1, 2)
         return y, padded[:, padded.shape[1] - (self.size - 1):]
 
 
@@ -62,8 +66,7 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         dtype = x.dtype
         x = x.to(torch.promote_types(dtype, torch.float32))  # at least fp32; fp64 stays fp64
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x * self.weight.to(x.dtype)).to(dtype)
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps).to(dtype)
 
 
 def logit(p: float) -> float:

@@ -191,12 +191,12 @@ class MemoryMixer(RuleParameters):
     """A multi-head associative-memory layer running ``rule`` (one independent memory per head).
 
     Gates at initialisation (every token the same value): ``lr_init`` (θ, default ``min(0.05, 0.4/C)``, with the
-    EMA momentum step ``min(0.1, 1.5/C)`` (:func:`chunk_steps`): a chunk of
-    C tokens takes C steps from one gradient point, so the stable step shrinks with C), bounded by ``lr_max``
-    (default ``4 · lr_init``, ``2 · lr_init`` with the EMA step), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9, bounded by
+    EMA momentum step ``min(0.1, 1.5/C)`` (:func:`chunk_steps`): a chunk of C tokens takes C steps from one
+    gradient point, so the stable step shrinks with C), bounded by ``lr_max`` (default ``4 · lr_init``,
+    ``2 · lr_init`` with the EMA step), ``decay_init`` (α = 0.001), ``momentum_init`` (η = 0.9, bounded by
     :data:`MOMENTUM_MAX`; ``ema_momentum``: the momentum learner steps ``(1 − η_t) θ_t``, :func:`ema_step`;
-    ``False`` is the plain Titans step of earlier versions): with these the memory keeps
-    its norm over 4K tokens at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
+    ``False`` is the plain Titans step of earlier versions): with these the memory keeps its norm over 4K tokens
+    at initialisation (tested); ``channel_gates=True`` makes lr/decay/momentum channel-wise through a
     rank-``gate_rank`` projection (matrix memories only). ``qk_activation``: the non-linearity after the conv
     (Titans: SiLU on q, k and v). ``value_norm``: normalise the values per head too, to the scale of the memory's
     output — unit ℓ2 norm, or RMS 1 behind the memory's LayerNorm (default: for MLP memories, where the target's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -74,8 +75,12 @@ def memorize(q, k, v, rule: MemoryRule, *, lr, decay=None, momentum=None, thresh
         stream.soup = _soup(soup, rule, q, stream.q.dtype)
     if rule.feature_map == "exp":
         run = kernel.run_recurrent if mode == "recurrent" else kernel.run_chunked
+    elif mode == "recurrent":
+        run = recurrent.run
+    elif q.shape[1] == 1:  # one token (decoding): the direct step, no chunk grid and no autograd
+        run = partial(recurrent.run, autograd=False)
     else:
-        run = recurrent.run if mode == "recurrent" else chunked.run
+        run = chunked.run
     with torch.autocast(device_type=q.device.type, enabled=False):  # memory math stays in >= fp32
         out, state = run(rule, stream, state)
     out = out.transpose(1, 2).to(q.dtype)

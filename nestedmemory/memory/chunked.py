@@ -40,24 +40,27 @@ def run(rule, s, state, *, factors_at=None, segments=None):
     """Outputs and final state over the chunk grid. ``factors_at(rule, point, tokens)`` (the write tokens' gradient
     factors at the chunk's gradient point) and ``segments`` (learner -> dual-form segment) default to the
     parametric memories'; ``kernel.py`` passes the exponential kernel memory's."""
-    factors_at, segments = factors_at or _factors, segments or _SEGMENTS
+    factors_at, segments = factors_at or gradient_factors, segments or _SEGMENTS
     b, h, t_len, _ = s.q.shape
     if t_len == 0:
         return s.q.new_zeros(b, h, 0, s.v.shape[-1]), state
     c, off = rule.chunk_size, state.offset
     n_chunks = -(-(off + t_len) // c)
     back = n_chunks * c - off - t_len
+    # tokens within one chunk (decoding, prefill pieces) run as a chunk of their own length: the grid's padding
+    # (zero lr, unit retain and momentum, inactive) is a no-op, so it is left out rather than computed
+    width, front, tail = (t_len, 0, 0) if n_chunks == 1 and rule.window == 1 else (c, off, back)
 
     def grid(x, value=0.0):
-        """Tokens on the chunk grid ``[B, H, N, C, ...]`` (``off`` pads in front, the rest behind)."""
+        """Tokens on the chunk grid ``[B, H, N, width, ...]`` (``front`` pads in front, ``tail`` behind)."""
         if x is None:
             return None
-        pad = [0, 0] * (x.dim() - 3) + [off, back]
-        return F.pad(x, pad, value=value).unflatten(2, (n_chunks, c))
+        pad = [0, 0] * (x.dim() - 3) + [front, tail]
+        return F.pad(x, pad, value=value).unflatten(2, (n_chunks, width))
 
     lag = [rule.is_lag and not (n == 0 and off > 0) for n in range(n_chunks)]
     lr, retain = grid(s.lr), grid(s.retain, 1.0)
-    keep = torch.ones(n_chunks, c, 1, dtype=lr.dtype, device=lr.device)
+    keep = torch.ones(n_chunks, width, 1, dtype=lr.dtype, device=lr.device)
     keep[torch.tensor(lag, device=lr.device), 0] = 0  # the lag token's update is done by ``lag_step``
     gamma = _window(rule, s, off, c, n_chunks)
     active = grid(torch.ones_like(s.lr[..., :1]))
@@ -78,7 +81,7 @@ def run(rule, s, state, *, factors_at=None, segments=None):
         if lag[n]:
             point = memory_of(rule, weights)
             first = {name: x[n][:, :, :1] for name, x in writes.items()}
-            grads = [x.transpose(-1, -2) @ d for x, d in _factors(rule, point, first)]
+            grads = [x.transpose(-1, -2) @ d for x, d in gradient_factors(rule, point, first)]
             weights, lag_acc = lag_step(rule, weights, grads, retain[n][:, :, :1], lr[n][:, :, :1])
             anchor, lag_decay = weights, 1.0
         elif not (n == 0 and off > 0):
@@ -98,12 +101,12 @@ def run(rule, s, state, *, factors_at=None, segments=None):
             if rule.is_lag:
                 weights = chunk_end(rule, weights, anchor, lag_acc, lag_decay)
             anchor = lag_acc = lag_decay = None
-    out = torch.cat(outs, dim=2)[:, :, off:off + t_len]
+    out = torch.cat(outs, dim=2)[:, :, front:front + t_len]
     return out, replace(state, weights=weights, momentum=momentum, anchor=anchor, lag_acc=lag_acc,
                         lag_decay=lag_decay, offset=(off + t_len) % c)
 
 
-def _factors(rule, point, tokens):
+def gradient_factors(rule, point, tokens):
     """Gradient factors ``[(h_l, δ_l)]`` of the write tokens at the explicit weights ``point``."""
     pred, cache = forward(rule, tokens["k"], tokens["k_raw"], explicit(point))
     d_out = output_grad(rule.objective, pred, tokens["v"], p=rule.p, eps=rule.eps,

@@ -109,7 +109,8 @@ class NestedMemoryModel(NestedMemoryPreTrainedModel):
         tokens). ``use_cache`` (default ``False``) returns the ``LayerStates`` to continue from, with
         ``seen_tokens`` advanced by ``T``; a ``cache`` (or ``past_key_values``) given without ``use_cache`` is
         read, not changed. With ``config.cms``, ``head`` (hidden states → logits) gives the task loss that the CMS
-        levels descend in context, and ``input_ids`` its targets (:func:`~nestedmemory.models.cms.continuum_forward`)."""
+        levels descend in context, and ``input_ids`` its targets
+        (:func:`~nestedmemory.models.cms.continuum_forward`)."""
         cache = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")

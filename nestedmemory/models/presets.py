@@ -13,8 +13,8 @@ Hope-Attention = attention → CMS (NL §8.3); TNT = a global memory (chunk 2K) 
 2K tokens) with Q-K projection, Titans' MLP with plain GD as in TNT's experiments (TNT §7.2-7.4). Memory Caching
 (MC §3-4, ``layers.caching``): ``titans-lmm-grm`` / ``titans-lmm-soup`` / ``titans-lmm-ssc`` (gated residual
 memory / Memory Soup / sparse selective caching, top 2), ``loglinear++`` (GRM over logarithmic segments, MC §4.2,
-on Titans' memory), ``dla-grm`` and ``swla-grm`` (SWLA c = 2: a matrix memory with the dot bias, decay and an Omega window
-of 2, MC Eq. 28), segments of 4 memory chunks (256 tokens at the paper sizes, MC's LM runs).
+on Titans' memory), ``dla-grm`` and ``swla-grm`` (SWLA c = 2: a matrix memory with the dot bias, decay and an Omega
+window of 2, MC Eq. 28), segments of 4 memory chunks (256 tokens at the paper sizes, MC's LM runs).
 
 Sizes: ``tiny`` for CPU tests; ``170m``, ``340m``, ``760m``, ``1.3b`` with layers / width / heads of Miras Table 5
 and Atlas Table 7, vocabulary 32K, untied embeddings. Those tables give no MLP width, and the architectures differ

@@ -1,0 +1,26 @@
+"""benchmarks/decoding.py's machinery in seconds: every architecture generates through the cache and without it, the
+table and its hand-written notes (no timings asserted)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
+SPEC = importlib.util.spec_from_file_location("decoding_benchmark", BENCHMARKS / "decoding.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+def test_every_architecture_decodes_and_the_report_keeps_notes(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "titans_pytorch_mac", lambda: None)  # the optional package is timed elsewhere
+    data = bench.run(dict(batches=[1, 2], new_tokens=2, prompt=4, repeats=1), list(bench.MODELS))
+    assert set(data["rows"]) == set(bench.MODELS)
+    for row in data["rows"].values():
+        assert all(row[kind][b] > 0 for kind in ("cached", "uncached") for b in (1, 2))
+        assert row["ops_per_step"][1] > 0 and row["weight_floor_tokens_per_s_batch1"] > 0
+    out = tmp_path / "decoding.md"
+    out.write_text("old tables\n" + bench.NOTES_MARK + "\nmy notes\n")
+    bench.write_keeping_notes(out, bench.markdown(data), bench.NOTES_MARK)
+    text = out.read_text()
+    assert "| mac |" in text and "cached B=2" in text and text.endswith("my notes\n")
