@@ -135,7 +135,8 @@ def preset_config(name: str, size: str = "tiny", **overrides) -> NestedMemoryCon
         kwargs["persistent_tokens"] = 0
     kwargs.update(overrides)
     if size in NOMINAL and "intermediate_size" not in overrides:
-        kwargs["intermediate_size"] = _matched_intermediate(NOMINAL[size], **kwargs)
+        kwargs["intermediate_size"] = matched_intermediate(
+            NOMINAL[size], lambda n: NestedMemoryConfig(**dict(kwargs, intermediate_size=n)))
     return NestedMemoryConfig(**kwargs)
 
 
@@ -151,8 +152,8 @@ def count_parameters(config: NestedMemoryConfig) -> int:
         return sum(p.numel() for p in NestedMemoryForCausalLM(config).parameters())
 
 
-def _matched_intermediate(target: float, **kwargs) -> int:
-    """The SwiGLU width (a multiple of 32; of every CMS level) that brings the model to ``target`` parameters: the
-    count is affine in it."""
-    low, high = (count_parameters(NestedMemoryConfig(**dict(kwargs, intermediate_size=n))) for n in (32, 64))
+def matched_intermediate(target: float, config_of) -> int:
+    """The SwiGLU width (a multiple of 32; of every CMS level) that brings the model of ``config_of(width)`` to
+    ``target`` parameters: the count is affine in it."""
+    low, high = (count_parameters(config_of(n)) for n in (32, 64))
     return max(32, 32 + 32 * round((target - low) / (high - low)))
