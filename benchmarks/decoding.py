@@ -26,7 +26,6 @@ Writes ``docs/decoding.md`` and its JSON twin (``--out``); the Markdown keeps ha
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_core as mc  # noqa: E402
 
 from nestedmemory.models import from_preset  # noqa: E402
-from nestedmemory.tasks.report import markdown_table, write_keeping_notes  # noqa: E402
+from nestedmemory.tasks.report import markdown_table, write_keeping_notes_with_json  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "decoding.md"
 NOTES_MARK = "<!-- Hand-written notes below: benchmarks/decoding.py keeps everything after this line. -->"
@@ -200,9 +199,7 @@ def main(argv=None) -> None:
     data = run(QUICK if args.quick else FULL, args.models)
     text = markdown(data)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_keeping_notes(args.out, text, NOTES_MARK)
-    args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_keeping_notes_with_json(args.out, text, data, NOTES_MARK)
 
 
 if __name__ == "__main__":

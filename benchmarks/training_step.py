@@ -30,7 +30,7 @@ import memory_core as mc  # noqa: E402
 
 from nestedmemory.models import from_preset, preset_config  # noqa: E402
 from nestedmemory.models.presets import matched_intermediate  # noqa: E402
-from nestedmemory.tasks.report import markdown_table, write_keeping_notes  # noqa: E402
+from nestedmemory.tasks.report import markdown_table, write_keeping_notes_with_json  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "training_step.md"
 NOTES_MARK = "<!-- Hand-written notes below: benchmarks/training_step.py keeps everything after this line. -->"
@@ -166,9 +166,7 @@ def main(argv=None) -> None:
     data = run(QUICK if args.quick else FULL, args.models)
     text = markdown(data)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_keeping_notes(args.out, text, NOTES_MARK)
-    args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_keeping_notes_with_json(args.out, text, data, NOTES_MARK)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def test_every_architecture_decodes_and_the_report_keeps_notes(tmp_path, monkeyp
         assert row["ops_per_step"][1] > 0 and row["weight_floor_tokens_per_s_batch1"] > 0
     out = tmp_path / "decoding.md"
     out.write_text("old tables\n" + bench.NOTES_MARK + "\nmy notes\n")
-    bench.write_keeping_notes(out, bench.markdown(data), bench.NOTES_MARK)
+    bench.write_keeping_notes_with_json(out, bench.markdown(data), data, bench.NOTES_MARK)
     text = out.read_text()
     assert "| mac |" in text and "cached B=2" in text and text.endswith("my notes\n")
+    assert out.with_suffix(".json").exists()

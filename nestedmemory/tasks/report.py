@@ -41,6 +41,14 @@ def write_keeping_notes(path, text: str, mark: str) -> None:
     path.write_text(text + "\n" + notes, encoding="utf-8")
 
 
+def write_keeping_notes_with_json(path, text: str, data, mark: str) -> None:
+    """:func:`write_keeping_notes` of ``text`` at ``path`` (its folder made), and ``data`` as the JSON twin."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_keeping_notes(path, text, mark)
+    path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def needle_heatmap(grid: list[dict], path, *, title: str = "Needle in a haystack") -> Path:
     """A depth × length heatmap of accuracy from the ``grid`` records (``depth``, ``length``, ``accuracy``) of
     :func:`nestedmemory.tasks.niah.evaluate`, saved as a PNG at ``path``."""
