@@ -25,7 +25,6 @@ Writes ``docs/decoding.md`` and its JSON twin (``--out``); the Markdown keeps ha
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_core as mc  # noqa: E402
 
 from nestedmemory.models import from_preset  # noqa: E402
-from nestedmemory.tasks.report import markdown_table, write_keeping_notes_with_json  # noqa: E402
+from nestedmemory.tasks.report import markdown_table, models_benchmark_main  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "decoding.md"
 NOTES_MARK = "<!-- Hand-written notes below: benchmarks/decoding.py keeps everything after this line. -->"
@@ -191,15 +190,8 @@ def markdown(data: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK}")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    data = run(QUICK if args.quick else FULL, args.models)
-    text = markdown(data)
-    print(text)
-    write_keeping_notes_with_json(args.out, text, data, NOTES_MARK)
+    models_benchmark_main(argv, doc=__doc__, models=list(MODELS), settings=dict(full=FULL, quick=QUICK), run=run,
+                          markdown=markdown, out=OUT, mark=NOTES_MARK)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Writes ``docs/training_step.md`` and its JSON twin (``--out``); hand-written not
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -30,7 +30,7 @@ import memory_core as mc  # noqa: E402
 
 from nestedmemory.models import from_preset, preset_config  # noqa: E402
 from nestedmemory.models.presets import matched_intermediate  # noqa: E402
-from nestedmemory.tasks.report import markdown_table, write_keeping_notes_with_json  # noqa: E402
+from nestedmemory.tasks.report import markdown_table, models_benchmark_main  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "training_step.md"
 NOTES_MARK = "<!-- Hand-written notes below: benchmarks/training_step.py keeps everything after this line. -->"
@@ -64,11 +64,15 @@ def ours(preset: str, parameters: int | None):
     return from_preset(preset, "tiny", **overrides)
 
 
+@functools.cache
+def anchor_parameters() -> int | None:
+    """titans-pytorch's MAC's parameter count (``None`` without the package): ours are matched to it."""
+    theirs = titans_pytorch_mac()
+    return None if theirs is None else sum(p.numel() for p in theirs.parameters())
+
+
 def build(name: str):
-    theirs = titans_pytorch_mac() if name == THEIRS or name in PRESETS else None
-    if name == THEIRS:
-        return theirs
-    return ours(name, None if theirs is None else sum(p.numel() for p in theirs.parameters()))
+    return titans_pytorch_mac() if name == THEIRS else ours(name, anchor_parameters())
 
 
 def loss_of(model, ids):
@@ -158,15 +162,8 @@ def main(argv=None) -> None:
     if argv[:1] == ["--peak-child"]:
         peak_child(argv[1], int(argv[2]), int(argv[3]))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK}")
-    parser.add_argument("--models", nargs="+", choices=[THEIRS, *PRESETS], default=[THEIRS, *PRESETS])
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    data = run(QUICK if args.quick else FULL, args.models)
-    text = markdown(data)
-    print(text)
-    write_keeping_notes_with_json(args.out, text, data, NOTES_MARK)
+    models_benchmark_main(argv, doc=__doc__, models=[THEIRS, *PRESETS], settings=dict(full=FULL, quick=QUICK),
+                          run=run, markdown=markdown, out=OUT, mark=NOTES_MARK)
 
 
 if __name__ == "__main__":

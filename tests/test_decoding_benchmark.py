@@ -5,6 +5,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from nestedmemory.tasks.report import write_keeping_notes_with_json
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
 SPEC = importlib.util.spec_from_file_location("decoding_benchmark", BENCHMARKS / "decoding.py")
@@ -21,7 +23,7 @@ def test_every_architecture_decodes_and_the_report_keeps_notes(tmp_path, monkeyp
         assert row["ops_per_step"][1] > 0 and row["weight_floor_tokens_per_s_batch1"] > 0
     out = tmp_path / "decoding.md"
     out.write_text("old tables\n" + bench.NOTES_MARK + "\nmy notes\n")
-    bench.write_keeping_notes_with_json(out, bench.markdown(data), data, bench.NOTES_MARK)
+    write_keeping_notes_with_json(out, bench.markdown(data), data, bench.NOTES_MARK)
     text = out.read_text()
     assert "| mac |" in text and "cached B=2" in text and text.endswith("my notes\n")
     assert out.with_suffix(".json").exists()

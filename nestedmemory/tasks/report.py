@@ -49,6 +49,23 @@ def write_keeping_notes_with_json(path, text: str, data, mark: str) -> None:
     path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def models_benchmark_main(argv, *, doc: str, models: list[str], settings: dict, run, markdown, out, mark: str):
+    """A benchmark's command line: ``--quick`` (``settings["quick"]`` instead of ``settings["full"]``), ``--models``
+    (a subset of ``models``), ``--out``; runs ``run(settings, models)``, prints ``markdown(data)`` and writes both
+    (:func:`write_keeping_notes_with_json`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{settings['quick']}")
+    parser.add_argument("--models", nargs="+", choices=models, default=models)
+    parser.add_argument("--out", type=Path, default=out)
+    args = parser.parse_args(argv)
+    data = run(settings["quick" if args.quick else "full"], args.models)
+    text = markdown(data)
+    print(text)
+    write_keeping_notes_with_json(args.out, text, data, mark)
+
+
 def needle_heatmap(grid: list[dict], path, *, title: str = "Needle in a haystack") -> Path:
     """A depth × length heatmap of accuracy from the ``grid`` records (``depth``, ``length``, ``accuracy``) of
     :func:`nestedmemory.tasks.niah.evaluate`, saved as a PNG at ``path``."""
