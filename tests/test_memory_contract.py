@@ -93,6 +93,21 @@ def test_default_initial_state_is_the_same_on_every_call():
     assert not torch.equal(a.weights[0], other.weights[0])
 
 
+def test_zero_output_starts_the_mlp_memory_at_zero():
+    """``zero_output``: the output layer starts at 0 (``M_0(x) = 0`` without the residual), the hidden layers keep
+    their draw, and within the first chunk the gradient reaches only the output layer (``δ W_Lᵀ = 0`` below it):
+    the first layer only decays."""
+    rule = MemoryRule(memory="mlp", residual=False, zero_output=True, chunk_size=4)
+    state = rule.init_state(B, H, D, dtype=torch.float64)
+    drawn = MemoryRule(memory="mlp", residual=False).init_state(B, H, D, dtype=torch.float64)
+    assert not state.weights[-1].any() and torch.equal(state.weights[0], drawn.weights[0])
+    q, k, v, gates = random_inputs(rule, B, 4, H, D)
+    _, final = memorize(q, k, v, rule, initial_state=state, output_final_state=True, **gates)
+    assert final.weights[-1].abs().min() > 0
+    kept = (1 - gates["decay"]).prod(1)[..., None, None]
+    torch.testing.assert_close(final.weights[0], state.weights[0] * kept)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 TITANS = MemoryRule(memory="linear", learner="momentum", chunk_size=4)
 
@@ -119,6 +134,8 @@ def call(**changes):
     (lambda: MemoryRule(learner="dgd", inner_lr_max=0.5), ValueError, "inner_lr_max"),
     (lambda: MemoryRule(memory="mlp", learner="gd", inner_lr_max=0.5), ValueError, "inner_lr_max"),
     (lambda: MemoryRule(memory="mlp", learner="dgd", inner_lr_max=0.0), ValueError, "inner_lr_max"),
+    (lambda: MemoryRule(zero_output=True), ValueError, "zero_output"),
+    (lambda: MemoryRule(memory="mlp", layernorm=True, zero_output=True), ValueError, "zero_output"),
     (lambda: call(k=torch.randn(B, 6, H, D + 1, dtype=torch.float64)), ValueError, "q and k"),
     (lambda: call(v=torch.randn(B, 5, H, D, dtype=torch.float64)), ValueError, "v must be"),
     (lambda: call(q=torch.randn(B, 6, H, dtype=torch.float64)), ValueError, "q must be [batch, seq, heads, dim]"),

@@ -240,7 +240,10 @@ def test_memory_neither_explodes_nor_vanishes_over_4k_tokens_at_init(name):
     """Every memory layer of the preset, at initialisation, over 4096 tokens: its reads keep their scale (last 256
     tokens vs first 256 within 10×) and, for the regression objectives, its weights stay within 20× of the initial
     state. (The dot-product bias has no weight-norm fixed point: linear attention sums its writes, and a deep memory
-    can raise ⟨M(k), v⟩ without bound — see docs/decisions.md.)"""
+    can raise ⟨M(k), v⟩ without bound — see docs/decisions.md.) Below a zero-initialised output layer (Titans'
+    memory) the hidden layers' gradient passes through that small layer, so the forget gate shrinks them first
+    (TNT's global memory to 4.5 % over 4K tokens, 0.999⁴⁰⁹⁶ = 1.7 % without any write): they are bounded below at
+    1 %, the layers that carry the writes at 5 %."""
     x = torch.randn(1, 4096, 64, generator=torch.Generator().manual_seed(0))
     for mixer in (m for m in make(name).modules() if isinstance(m, MemoryMixer)):
         out, _, cache = mixer(x, use_cache=True)
@@ -248,9 +251,12 @@ def test_memory_neither_explodes_nor_vanishes_over_4k_tokens_at_init(name):
         ratio = (out[:, -256:].abs().mean() / out[:, :256].abs().mean()).item()
         assert 0.1 < ratio < 10, f"read scale ratio {ratio:.3g}"
         if mixer.rule.feature_map != "exp" and mixer.rule.objective != "dot":
-            for w0, w in zip(mixer.initial_state().weights, cache[mixer.layer_idx]["memory"].weights):
+            for layer, (w0, w) in enumerate(zip(mixer.initial_state().weights, cache[mixer.layer_idx]["memory"].weights)):
+                if torch.equal(w, w0.expand_as(w)):  # a memory just started (log-segmented caching at T = 2¹²)
+                    continue
                 grow = (w.norm() / w0.expand_as(w).norm()).item() if w0.norm() > 0 else w.norm().item()
-                assert math.isfinite(grow) and 0.05 < grow < 20, f"weight norm ratio {grow:.3g}"
+                low = 0.01 if mixer.rule.zero_output and layer != mixer.rule.output_layer else 0.05
+                assert math.isfinite(grow) and low < grow < 20, f"weight {layer} norm ratio {grow:.3g}"
 
 
 def distinct_memory_layers(names) -> list[str]:

@@ -82,6 +82,7 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
     activation: str = "gelu"
     residual: bool = True
     layernorm: bool = False
+    zero_output: bool = False
     gated: bool = False
     feature_map: str | None = None
     degree: int = 2
@@ -117,6 +118,10 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
             raise ValueError("MemoryRule.gated (Atlas++) needs memory='mlp' and depth=2")
         if self.layernorm and self.memory != "mlp":
             raise ValueError("MemoryRule.layernorm needs memory='mlp'")
+        if self.zero_output and (self.memory != "mlp" or self.layernorm or self.retention in ("kl", "lq")):
+            raise ValueError("MemoryRule.zero_output needs memory='mlp' without layernorm and with retention "
+                             "none / decay / elastic (a LayerNorm of a zero output, Memora's simplex and Moneta's "
+                             "accumulator have no zero memory)")
         if not (isinstance(self.ns_steps, int) and self.ns_steps >= 1):
             raise ValueError(f"MemoryRule.ns_steps must be an integer >= 1, got {self.ns_steps!r}")
         if not self.p >= 1:
@@ -222,6 +227,8 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
                 if self.retention == "lq":
                     w = lq_link_inverse(w, self.q, self.eps)
             weights.append(w)
+        if self.zero_output:
+            weights[self.output_layer] = torch.zeros_like(weights[self.output_layer])
         momentum = [torch.zeros_like(w) for w in weights] if self.uses_momentum else None
         return MemoryState(weights=weights, momentum=momentum)
 
