@@ -251,7 +251,8 @@ def test_memory_neither_explodes_nor_vanishes_over_4k_tokens_at_init(name):
         ratio = (out[:, -256:].abs().mean() / out[:, :256].abs().mean()).item()
         assert 0.1 < ratio < 10, f"read scale ratio {ratio:.3g}"
         if mixer.rule.feature_map != "exp" and mixer.rule.objective != "dot":
-            for layer, (w0, w) in enumerate(zip(mixer.initial_state().weights, cache[mixer.layer_idx]["memory"].weights)):
+            final = cache[mixer.layer_idx]["memory"].weights
+            for layer, (w0, w) in enumerate(zip(mixer.initial_state().weights, final)):
                 if torch.equal(w, w0.expand_as(w)):  # a memory just started (log-segmented caching at T = 2¹²)
                     continue
                 grow = (w.norm() / w0.expand_as(w).norm()).item() if w0.norm() > 0 else w.norm().item()
