@@ -1,13 +1,29 @@
 """Checks shared by several test files (imported as ``checks``: pytest puts ``tests/`` on the path)."""
 
 import dataclasses
+import importlib.util
 import shlex
 import signal
+import sys
+from pathlib import Path
 
 import torch
 
 from nestedmemory.models.modeling import cache_of
 from nestedmemory.train import DataConfig, ModelConfig, SampleConfig, TrainConfig
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the folder goes on the path: its scripts import each other's helpers,
+    e.g. ``memory_core``)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def assert_causal(layer, x, at):

@@ -1,17 +1,12 @@
 """benchmarks/decoding.py's machinery in seconds: every architecture generates through the cache and without it, the
 table and its hand-written notes (no timings asserted)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 from nestedmemory.tasks.report import write_keeping_notes_with_json
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
-SPEC = importlib.util.spec_from_file_location("decoding_benchmark", BENCHMARKS / "decoding.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+from checks import load_benchmark
+
+bench = load_benchmark("decoding")
 
 
 def test_every_architecture_decodes_and_the_report_keeps_notes(tmp_path, monkeypatch):

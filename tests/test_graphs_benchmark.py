@@ -2,21 +2,16 @@
 orderings and the JSON into a temporary folder, keeping the hand-written notes; ``--section`` replaces only its
 part."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+
+from checks import load_benchmark
 
 pytest.importorskip("torch_geometric")
 pytest.importorskip("networkx")
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
-SPEC = importlib.util.spec_from_file_location("graphs_benchmark", BENCHMARKS / "graphs.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+bench = load_benchmark("graphs")
 
 
 def test_quick_run_writes_every_section_and_one_section_keeps_the_rest(tmp_path):

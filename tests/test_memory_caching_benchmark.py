@@ -1,17 +1,12 @@
 """benchmarks/memory_caching.py's machinery in seconds: the package comparison (where the optional ``memory-caching``
 package is installed), the S-NIAH section on a micro budget, and the report (tables, figure, hand-written notes)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
-SPEC = importlib.util.spec_from_file_location("memory_caching_benchmark", BENCHMARKS / "memory_caching.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+from checks import load_benchmark
+
+bench = load_benchmark("memory_caching")
 
 
 def test_our_layer_equals_the_memory_caching_package_where_its_rule_is_ours():

@@ -1,15 +1,13 @@
 """benchmarks/recall.py's machinery on a micro configuration (a few seconds): runs are reproducible, reports are
 written from the JSON and keep the hand-written notes, and the width overrides reach the polynomial presets."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("recall", Path(__file__).parent.parent / "benchmarks" / "recall.py")
-recall = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(recall)
+from checks import load_benchmark
+
+recall = load_benchmark("recall")
 
 MICRO = ["--train-mix", "8:1:3", "16:2:1", "--test-cells", "8:1", "16:2", "--widths", "32", "--seeds", "0", "1",
          "--steps", "2", "--batch-size", "4", "--vocab-size", "16", "--eval-examples", "8"]

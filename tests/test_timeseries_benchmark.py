@@ -1,14 +1,11 @@
 """benchmarks/timeseries.py's machinery in seconds: a micro classification section (a channel-mixing and a
 channel-independent model, the scikit-learn baselines) and the report, with its hand-written notes kept."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SPEC = importlib.util.spec_from_file_location("timeseries_benchmark",
-                                              Path(__file__).parent.parent / "benchmarks" / "timeseries.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+from checks import load_benchmark
+
+bench = load_benchmark("timeseries")
 
 
 def test_quick_classification_section_and_the_report(tmp_path, monkeypatch):

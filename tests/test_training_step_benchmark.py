@@ -1,15 +1,10 @@
 """benchmarks/training_step.py's machinery in seconds: a checked step, the peak-memory subprocess and the table (no
 timings asserted)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # its helpers import memory_core
-SPEC = importlib.util.spec_from_file_location("training_step_benchmark", BENCHMARKS / "training_step.py")
-bench = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench)
+from checks import load_benchmark
+
+bench = load_benchmark("training_step")
 
 
 def test_a_training_step_is_timed_with_its_peak_memory_and_reported(monkeypatch):
