@@ -39,7 +39,8 @@ class MemoryRule:
     Architecture (``memory``): ``"linear"`` is a matrix ``M(x) = x @ W``; ``"mlp"`` is
     ``M(x) = [x +] [LN](act(... act(x @ W1) ...) @ WL)`` with ``depth`` weight matrices, hidden width
     ``expansion * D``, no biases (Titans §3.1, Miras §5.3, Atlas Eq. 42); ``gated=True`` is Atlas++ Eq. 43,
-    ``M(x) = x + (act(x @ W1) * (x @ W3)) @ W2`` (depth 2). ``feature_map="poly"`` feeds
+    ``M(x) = x + (act(x @ W1) * (x @ W3)) @ W2`` (depth 2); ``zero_output=True`` starts the output layer at 0
+    (``init_state``; without the residual ``M_0(x) = 0``, Titans' presets). ``feature_map="poly"`` feeds
     ``φ_p(x) = concat_i sqrt(a_i) x^{⊗i}`` (Atlas Eq. 5/22) to the first layer; the residual uses the raw input.
     ``feature_map="exp"`` is ``φ*`` (``exp(q·k)`` kernel; DeepTransformers / Dot) on a matrix memory: the exact
     non-parametric memory of ``kernel.py``, state ``[K, C]``, ``M(x) = exp(x Kᵀ) C``.

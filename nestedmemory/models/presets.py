@@ -32,7 +32,7 @@ from .modeling import NestedMemoryForCausalLM
 MLP = dict(memory="mlp", depth=2, expansion=4)
 MIRAS_MLP = dict(MLP, layernorm=True)
 #: Titans' memory: an MLP without the residual read, its output layer starting at 0 (docs/decisions.md, "Titans' MLP
-#: memory: no residual, zero output layer"): a write then dominates the read whatever its size, as a matrix memory's.
+#: memory: no residual, output layer from zero"): a write then dominates the read whatever its size, as a matrix's.
 TITANS = dict(TITANS_RULE, residual=False, zero_output=True)
 POLY = dict(feature_map="poly", degree=2, objective="l2", retention="decay", window=4)
 ATLAS = dict(MIRAS_MLP, **POLY, learner="muon")  # the memory's LayerNorm: Atlas App. E (docs/decisions.md)
