@@ -95,7 +95,9 @@ def test_generate_from_run_checkpoint_and_saved_model(run, tmp_path, capsys):
     assert len(capsys.readouterr().out.encode()) >= 40
     assert "multiple of the memory's chunk_size" in one_line_error(
         capsys, ["generate", str(tmp_path / "hf"), "--caching_segment", "12"])
-    assert "no memory layer that can cache" in one_line_error(capsys, ["generate", str(run), "--caching_segment", "8"])
+    from_preset("transformer++", "tiny").save_pretrained(tmp_path / "attention")
+    assert "no memory layer that can cache" in one_line_error(
+        capsys, ["generate", str(tmp_path / "attention"), "--caching_segment", "8"])
 
 
 def test_eval_perplexity_and_suite_table(run, tmp_path, capsys):

@@ -25,7 +25,7 @@ from ..models import PRESETS, SIZES, NestedMemoryConfig, preset_config
 from ..models.config import memory_keys
 from .errors import UserError
 
-DEFAULT_PRESET = "hope"
+DEFAULT_PRESET = "titans-lmm"  # docs/decisions.md, "Measured: the default run"
 DEFAULT_SIZE = "small"
 #: size → (base size of ``SIZES``, config overrides, memory-rule overrides, CMS overrides). ``small`` trains on two
 #: CPU cores in minutes: ``tiny`` widened to 128 and deepened to 4 layers, memory chunk 64 (the paper sizes' chunk;
@@ -315,8 +315,8 @@ class TrainConfig(Settings):
     tnt: TNTConfig = field(default_factory=TNTConfig)
     out: str | None = None
     resume: str | None = None
-    max_steps: int = 200
-    batch_size: int = 16
+    max_steps: int = 400
+    batch_size: int = 8
     seed: int = 0
     log_every: int = 10
     eval_every: int = 100
