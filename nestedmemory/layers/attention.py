@@ -86,6 +86,8 @@ class Attention(nn.Module):
         q = rotate(self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim), cos, sin)
         k = rotate(self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        # whether any cached or new position may be padding (a flag, so a step without padding reads nothing back)
+        padded = attention_mask is not None or (state is not None and state.get("padded", True))
         if state is not None:
             k, v, valid = (torch.cat((state[n], x), 1) for n, x in (("k", k), ("v", v), ("valid", valid)))
 
@@ -94,16 +96,17 @@ class Attention(nn.Module):
             past_key_values = LayerStates() if past_key_values is None else past_key_values
             past_key_values.update(self.layer_idx, {
                 "k": k[:, k.shape[1] - keep:], "v": v[:, v.shape[1] - keep:], "valid": valid[:, valid.shape[1] - keep:],
-                "position": start + valid[:, -t:].sum(1)})
+                "position": start + valid[:, -t:].sum(1), "padded": padded})
 
-        out = self._attend(q, k, v, valid, plain=attention_mask is None and state is None)
+        out = self._attend(q, k, v, valid, plain=attention_mask is None and state is None, padded=padded)
         out = out * valid[:, -t:, None, None].to(out.dtype)
         return self.o_proj(out.reshape(b, t, -1)), None, past_key_values
 
-    def _attend(self, q, k, v, valid, plain):
+    def _attend(self, q, k, v, valid, plain, padded=True):
         """SDPA of ``q`` ``[B, T, H, D]`` over ``k, v`` ``[B, S, H_kv, D]`` (the queries are the last ``T`` of the
         ``S`` positions), behind the persistent tokens. Query ``i`` sees key ``j`` iff ``j ≤ i``, ``i − j < window``
-        and ``j`` is a real token or ``j = i``: the diagonal keeps a padding query's row non-empty, so no NaN."""
+        and ``j`` is a real token or ``j = i``: the diagonal keeps a padding query's row non-empty, so no NaN.
+        ``padded`` False: every position is a real token (``valid`` is not read)."""
         b, t, s, n_p = q.shape[0], q.shape[1], k.shape[1], self.persistent_tokens
         if n_p:
             k = torch.cat((self.persistent_k.to(k.dtype).expand(b, -1, -1, -1), k), 1)
@@ -113,7 +116,7 @@ class Attention(nn.Module):
         k, v = (x.transpose(1, 2) if group == 1 else x.transpose(1, 2).repeat_interleave(group, 1) for x in (k, v))
         if plain and self.window is None and n_p == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
-        if t == 1 and (self.window is None or s <= self.window) and bool(valid.all()):
+        if t == 1 and (self.window is None or s <= self.window) and not padded:
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # one query that sees every key
         i = torch.arange(s - t, s, device=q.device)[:, None]
         j = torch.arange(s, device=q.device)

@@ -130,9 +130,13 @@ def real_tokens(hidden_states, attention_mask):
     return hidden_states.new_ones(b, t) if attention_mask is None else attention_mask[:, -t:].to(hidden_states)
 
 
-def padded_output(mixer, hidden_states, real, cache, use_cache):
+def padded_output(mixer, hidden_states, attention_mask, cache, use_cache):
     """A recurrent mixer's output on a batch with padding (:func:`left_aligned`), or ``None`` if nothing is padding.
-    Padded batches cannot be decoded with a cache yet (each sequence would need its own chunk offset)."""
+    Padded batches cannot be decoded with a cache yet (each sequence would need its own chunk offset). Without a
+    mask nothing is read back from the device (no host sync: a compiled step stays one graph)."""
+    if attention_mask is None:
+        return None
+    real = real_tokens(hidden_states, attention_mask)
     if bool(real.all()):
         return None
     if use_cache or cache is not None:

@@ -246,7 +246,7 @@ class MemoryMixer(RuleParameters):
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
         real = real_tokens(hidden_states, attention_mask)
-        padded = padded_output(self, hidden_states, real, cache, use_cache)
+        padded = padded_output(self, hidden_states, attention_mask, cache, use_cache)
         if padded is not None:
             return padded, None, past_key_values
 

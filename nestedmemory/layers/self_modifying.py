@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from ..memory import MemoryRule, MemoryState, memorize
 from ..memory.nets import explicit, forward as memory_forward
 from .cache import LayerStates
-from .common import RMSNorm, ShortConvolution, head_layout, logit, padded_output, real_tokens, residual_output
+from .common import RMSNorm, ShortConvolution, head_layout, logit, padded_output, residual_output
 from .memory import chunk_steps
 
 #: the generated memories, in the order they are stacked along the head axis
@@ -129,8 +129,7 @@ class SelfModifyingTitans(nn.Module):
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         t = hidden_states.shape[1]
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
-        real = real_tokens(hidden_states, attention_mask)
-        padded = padded_output(self, hidden_states, real, cache, use_cache)
+        padded = padded_output(self, hidden_states, attention_mask, cache, use_cache)
         if padded is not None:
             return padded, None, past_key_values
         convs = [None, None] if cache is None else cache["conv"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..layers import Attention, LayerStates, MemoryMixer, RMSNorm, SelfModifyingTitans, left_aligned
-from ..layers.common import padded_output, real_tokens, residual_output
+from ..layers.common import padded_output, residual_output
 from .cms import ContinuumMemory, SwiGLU
 from .config import NestedMemoryConfig
 
@@ -59,7 +59,7 @@ class PersistentMemory(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         entry = None if past_key_values is None else past_key_values[self.layer_idx]
-        padded = padded_output(self, hidden_states, real_tokens(hidden_states, attention_mask), entry, use_cache)
+        padded = padded_output(self, hidden_states, attention_mask, entry, use_cache)
         if padded is not None:
             return padded, None, past_key_values
         if entry is None:  # a sequence starts: the memory writes p
