@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_core as mc  # noqa: E402
 
 from nestedmemory.models import from_preset  # noqa: E402
+from nestedmemory.models.modeling import cache_of  # noqa: E402
 from nestedmemory.tasks.report import markdown_table, models_benchmark_main  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "decoding.md"
@@ -107,7 +108,7 @@ def ops_per_step(model, ids) -> int:
     out = model(ids, use_cache=True)
     token = out.logits[:, -1:].argmax(-1)
     with profile() as prof:
-        model(token, cache=out.past_key_values, use_cache=True)
+        model(token, cache=cache_of(out), use_cache=True)
     return sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
 
 

@@ -102,7 +102,7 @@ class Attention(nn.Module):
         out = out * valid[:, -t:, None, None].to(out.dtype)
         return self.o_proj(out.reshape(b, t, -1)), None, past_key_values
 
-    def _attend(self, q, k, v, valid, plain, padded=True):
+    def _attend(self, q, k, v, valid, plain, padded):
         """SDPA of ``q`` ``[B, T, H, D]`` over ``k, v`` ``[B, S, H_kv, D]`` (the queries are the last ``T`` of the
         ``S`` positions), behind the persistent tokens. Query ``i`` sees key ``j`` iff ``j ≤ i``, ``i − j < window``
         and ``j`` is a real token or ``j = i``: the diagonal keeps a padding query's row non-empty, so no NaN.
