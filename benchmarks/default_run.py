@@ -13,8 +13,8 @@ and its ``--max_steps`` so that its whole run takes the default run's wall clock
 gives its seconds per step (from the tokens/s it logs) and its fixed cost (start, validation, sample), the steps
 are what the default run's wall clock leaves after that fixed cost, and where the run misses that wall clock by
 more than ``WALL_TOLERANCE`` (its periodic validations, which the probe does not see) the steps are scaled once and
-the run repeated. ``--extra PRESET`` adds other presets
-trained by the same command with the default settings (e.g. ``hope``, the earlier default).
+the run repeated. ``--extra PRESET`` adds other presets trained by the same command with the default settings
+(e.g. ``hope``, the earlier default).
 
 Run it on an idle machine (the runs take both cores): ``python benchmarks/default_run.py`` (about 10 minutes).
 Writes ``docs/default_run.md`` and its JSON twin (``--out``); hand-written notes below ``NOTES_MARK`` are kept.
@@ -70,25 +70,28 @@ def train(folder: Path, *flags: str) -> dict:
                 step_s=last["tokens"] / last["step"] / last["tokens_per_s"])
 
 
+def config_of(preset: str, overrides: dict | None = None):
+    """The model ``nestedmemory train --model.preset preset`` builds on the byte tokenizer, at the default size."""
+    return model_config(ModelConfig(preset=preset, size=DEFAULT_SIZE, overrides=overrides or {}), BYTE_VOCAB)
+
+
 def parameters(preset: str, overrides: dict | None = None) -> int:
-    return count_parameters(model_config(ModelConfig(preset=preset, size=DEFAULT_SIZE, overrides=overrides or {}),
-                                         BYTE_VOCAB))
+    return count_parameters(config_of(preset, overrides))
 
 
 def baseline_flags(target: int) -> tuple[list[str], int]:
     """``transformer++``'s flags with the SwiGLU width that matches ``target`` parameters, and its count."""
-    width = matched_intermediate(target, lambda n: model_config(
-        ModelConfig(preset=BASELINE, size=DEFAULT_SIZE, overrides={"intermediate_size": n}), BYTE_VOCAB))
-    overrides = {"intermediate_size": width}
+    overrides = {"intermediate_size": matched_intermediate(
+        target, lambda n: config_of(BASELINE, {"intermediate_size": n}))}
     return ["--model.preset", BASELINE, "--model.overrides", json.dumps(overrides)], parameters(BASELINE, overrides)
 
 
 def run(extra: list[str], work: Path) -> dict:
     setup = mc.setup_torch()
-    rows = {}
+    target = parameters(DEFAULT_PRESET)
     default = train(work / "default")
-    rows[f"{DEFAULT_PRESET} (default)"] = dict(default, preset=DEFAULT_PRESET, parameters=parameters(DEFAULT_PRESET))
-    flags, count = baseline_flags(rows[f"{DEFAULT_PRESET} (default)"]["parameters"])
+    rows = {f"{DEFAULT_PRESET} (default)": dict(default, preset=DEFAULT_PRESET, parameters=target)}
+    flags, count = baseline_flags(target)
     probe = train(work / "probe", *flags, "--max_steps", str(PROBE_STEPS), "--eval_every", "0")
     fixed = max(0.0, probe["wall_s"] - PROBE_STEPS * probe["step_s"])
     steps = max(PROBE_STEPS, round((default["wall_s"] - fixed) / probe["step_s"]))
