@@ -84,7 +84,7 @@ class Ours(nn.Module):
         split = lambda t: t.unflatten(-1, (self.heads, -1))  # noqa: E731
         t = self.theirs
         q, k, v = split(t.q_proj(x)), split(t.k_proj(x)), split(t.v_proj(x))
-        out, _ = self.mixer.caching.mix(self.mixer, q, k, v, x, x.new_ones(x.shape[:2]), None, False)
+        out, _ = self.mixer.caching.mix(self.mixer, q, k, v, x, None, False)
         return t.o_proj(out.flatten(-2))
 
 

@@ -55,7 +55,7 @@ def literal(mixer: MemoryMixer, q, k, v, x):
     """Eq. 4–17 token by token: the online memory (recurrent rule), the cached states as a list, pools as means of
     explicit token ranges, the softmax (and SSC's top-k) over explicit lists of scores."""
     opts, rule = mixer.caching.options, mixer.rule
-    gates = mixer.gates(x, torch.ones(x.shape[:2], dtype=x.dtype))
+    gates = mixer.gates(x)
     if opts.aggregation == "residual":
         u = p = None
     elif opts.pool == "mean":
@@ -117,7 +117,7 @@ def literal(mixer: MemoryMixer, q, k, v, x):
 
 
 def chunked(mixer, q, k, v, x):
-    out, entry = mixer.mix(q, k, v, x, torch.ones(x.shape[:2], dtype=x.dtype), None, True)
+    out, entry = mixer.mix(q, k, v, x, None, True)
     return out, entry
 
 
@@ -204,7 +204,7 @@ def test_residual_memory_of_independent_linear_compressors_is_linear_attention()
         w.data.zero_()
     q, k, v, x = inputs(mixer, 29)
     out, _ = chunked(mixer, q, k, v, x)
-    gates = mixer.gates(x, torch.ones(x.shape[:2], dtype=x.dtype))
+    gates = mixer.gates(x)
     base, _ = memorize(q, k, v, mixer.rule, initial_state=mixer.initial_state(), **gates)
     torch.testing.assert_close(out, base, rtol=1e-10, atol=1e-12)
 
@@ -217,7 +217,7 @@ def test_residual_memory_of_checkpointed_linear_memory_reweights_the_past():
         w.data.zero_()
     q, k, v, x = inputs(mixer, 29)
     out, _ = chunked(mixer, q, k, v, x)
-    lr = mixer.gates(x, torch.ones(x.shape[:2], dtype=x.dtype))["lr"]                     # [B, T, H]
+    lr = mixer.gates(x)["lr"]                     # [B, T, H]
     seg = torch.arange(29) // SEGMENT
     weight = (1 + seg.view(-1, 1) - seg.view(1, -1)).clamp(min=1) * (seg.view(1, -1) <= seg.view(-1, 1))
     weight = weight * torch.ones(29, 29).tril()

@@ -87,7 +87,7 @@ def test_ema_momentum_step_holds_a_repeated_key_where_the_plain_step_diverged():
     model = from_preset("titans-lmm").eval()
     assert torch.isfinite(model(x).logits).all()
     layer, h = model.model.layers[0].mixers[0], torch.randn(1, 3, 64)
-    gates = layer.gates(h, torch.ones(1, 3))
+    gates = layer.gates(h)
     torch.testing.assert_close(gates["lr"], layer.lr(h) * (1 - gates["momentum"]))
 
 
@@ -117,7 +117,7 @@ def test_trained_omeganet_holds_a_repeated_key_at_1k_tokens():
     assert largest_gradient_at(model, 1024) < 10
     layer = model.model.layers[0].mixers[0]
     h = torch.randn(1, 3, layer.q_proj.in_features)
-    gates = layer.gates(h, torch.ones(1, 3))
+    gates = layer.gates(h)
     torch.testing.assert_close(gates["lr"], layer.lr(h) / gates["feature_coeffs"].sum(-1))
     earlier = dict(preset_config("omeganet", "tiny").memory, poly_normalised_step=False)
     with pytest.raises(AssertionError, match="non-finite"):

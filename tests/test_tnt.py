@@ -43,7 +43,7 @@ def _step(gates, t):
     return {name: g if name == "feature_coeffs" else g[:, t:t + 1] for name, g in gates.items()}
 
 
-def reference_mix(layer, q, k, v, x, real, cache, use_cache):
+def reference_mix(layer, q, k, v, x, cache, use_cache):
     """Eq. 5-7 / 14-15 token by token with the core's ``recurrent`` mode: the global memory is read at the state
     it had when its current chunk began, then written; each local memory is reset to its initial state and its
     projector to zero when ``t ≡ 0 (mod S_L)``, its projector takes ``k_t k_tᵀ`` and it is read with the projected
@@ -51,8 +51,8 @@ def reference_mix(layer, q, k, v, x, real, cache, use_cache):
     assert cache is None
     b, t_len, h, d = q.shape
     state = start = layer.initial_state()
-    gates = layer.gates(x, real)
-    local_gates = [m.gates(x, real) for m in layer.local_memories]
+    gates = layer.gates(x)
+    local_gates = [m.gates(x) for m in layer.local_memories]
     local_states, projectors = [None] * len(local_gates), [None] * len(local_gates)
     outs = []
     for t in range(t_len):
@@ -164,16 +164,16 @@ def test_local_shards_are_independent(name):
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.nn.functional.normalize(torch.randn(2, 19, HEADS, HEAD_DIM, generator=g,
                                                          dtype=torch.float64), dim=-1) for _ in range(3))
-    x, real = inputs(), torch.ones(2, 19, dtype=torch.float64)
+    x = inputs()
     for i, memory in enumerate(layer.local_memories):
         s = memory.shard_size
-        base, _ = layer.local_read(i, q, k, v, x, real, None, 0, False)
+        base, _ = layer.local_read(i, q, k, v, x, None, 0, False)
         inside = slice(s, 2 * s)
         changed = [t.clone() for t in (q, k, v, x)]
         for t in changed:
             t[:, inside] = torch.randn(t[:, inside].shape, generator=g, dtype=torch.float64)
         q2, k2 = (torch.nn.functional.normalize(t, dim=-1) for t in changed[:2])
-        out, _ = layer.local_read(i, q2, k2, changed[2], changed[3], real, None, 0, False)
+        out, _ = layer.local_read(i, q2, k2, changed[2], changed[3], None, 0, False)
         # shards share batched kernels, so "unchanged" is up to fp64 round-off; the changed shard moves by O(1)
         torch.testing.assert_close(out[:, :s], base[:, :s], rtol=0, atol=1e-14)
         torch.testing.assert_close(out[:, 2 * s:], base[:, 2 * s:], rtol=0, atol=1e-14)

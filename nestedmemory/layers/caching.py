@@ -178,7 +178,7 @@ class MemoryCaching(nn.Module):
         u = q if self.u_proj is None else self.u_proj(x).unflatten(-1, (self.heads, self.head_dim))
         return u, k
 
-    def mix(self, layer, q, k, v, x, real, cache, use_cache):
+    def mix(self, layer, q, k, v, x, cache, use_cache):
         """``MemoryMixer.mix`` with caching: the reads ``[B, T, H, Dv]`` and the new cache entry."""
         segment, options = self.options.segment, self.options
         if cache is None:
@@ -186,7 +186,7 @@ class MemoryCaching(nn.Module):
                          ledger=(Fenwick if options.segmentation == "log" else Segments)())
         online, prefix, position = cache["memory"], cache["prefix"], cache["position"]
         ledger = cache["ledger"].copy()
-        gates = layer.gates(x, real)
+        gates = layer.gates(x)
         features = {name: gates[name] for name in ("feature_coeffs", "feature_scale") if name in gates}
         gated = options.aggregation not in UNGATED
         u, p = self._gate_vectors(q, k, x) if gated else (None, k)  # RM / mean pool nothing they use

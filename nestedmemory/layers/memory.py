@@ -19,7 +19,7 @@ from ..memory import MemoryRule, MemoryState, memorize, recall
 from ..memory.nets import default_poly_coeffs
 from .cache import LayerStates
 from .caching import MemoryCaching
-from .common import (Gate, RMSNorm, ShortConvolution, head_layout, keep_init, padded_output, real_tokens,
+from .common import (Gate, RMSNorm, ShortConvolution, head_layout, keep_init, padded_output,
                      residual_output)
 
 
@@ -153,13 +153,13 @@ class RuleParameters(nn.Module):
             return self.rule.init_state(1, self.heads, self.head_dim, dtype=ref.dtype, device=ref.device)
         return MemoryState(weights=list(self.initial))
 
-    def gates(self, x, real):
-        """Token-wise gates; padding tokens (``real`` = 0) write nothing and forget nothing. With
+    def gates(self, x):
+        """Token-wise gates (every token is real here: a padded batch reaches the memory left-aligned, through
+        :func:`~nestedmemory.layers.common.padded_output`, its padding after the real tokens). With
         ``ema_momentum`` the momentum learner's step is ``θ_t = (1 − η_t) θ̃_t`` (:func:`ema_step`)."""
-        keep = real.unsqueeze(-1)
-        out = {"lr": self.lr(x) * (keep if self.lr.channels is None else keep.unsqueeze(-1))}
+        out = {"lr": self.lr(x)}
         if self.decay is not None:
-            out["decay"] = self.decay(x) * (keep if self.decay.channels is None else keep.unsqueeze(-1))
+            out["decay"] = self.decay(x)
         if self.momentum is not None:
             out["momentum"] = self.momentum(x)
             if self.ema_momentum:
@@ -245,7 +245,6 @@ class MemoryMixer(RuleParameters):
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
         cache = past_key_values[self.layer_idx] if past_key_values is not None else None
-        real = real_tokens(hidden_states, attention_mask)
         padded = padded_output(self, hidden_states, attention_mask, cache, use_cache)
         if padded is not None:
             return padded, None, past_key_values
@@ -260,20 +259,20 @@ class MemoryMixer(RuleParameters):
         q, k, v = qkv
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         v = F.normalize(v, dim=-1) * self.value_scale if self.value_norm else v
-        out, entry = self.mix(q, k, v, hidden_states, real, cache, use_cache)
+        out, entry = self.mix(q, k, v, hidden_states, cache, use_cache)
         if use_cache:
             past_key_values = LayerStates() if past_key_values is None else past_key_values
             past_key_values.update(self.layer_idx, {**entry, "conv": new_convs})
         return self._output(out, hidden_states), None, past_key_values
 
-    def mix(self, q, k, v, x, real, cache, use_cache):
-        """The memory read ``[B, T, H, Dv]`` after writing ``(k, v)`` (gates from ``x``, padding ``real`` = 0), and
+    def mix(self, q, k, v, x, cache, use_cache):
+        """The memory read ``[B, T, H, Dv]`` after writing ``(k, v)`` (gates from ``x``), and
         the layer's new cache entry without the conv windows (``None`` values unless ``use_cache``)."""
         if self.caching is not None:
-            return self.caching.mix(self, q, k, v, x, real, cache, use_cache)
+            return self.caching.mix(self, q, k, v, x, cache, use_cache)
         memory = self.initial_state() if cache is None else cache["memory"]
         out, final = memorize(q, k, v, self.rule, initial_state=memory, output_final_state=use_cache,
-                              **self.gates(x, real))
+                              **self.gates(x))
         return out, {"memory": final}
 
     def _output(self, read, x):

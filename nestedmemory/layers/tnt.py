@@ -156,25 +156,25 @@ class TNTMemory(MemoryMixer):
         check_local_sizes(chunks, self.shard_sizes)
         return chunks
 
-    def mix(self, q, k, v, x, real, cache, use_cache):
+    def mix(self, q, k, v, x, cache, use_cache):
         """Eq. 15: the global read plus every local read, and the cache entry (without the conv windows)."""
         position = 0 if cache is None else cache["position"]
-        out, entry = self.global_read(q, k, v, x, real, cache, use_cache)
+        out, entry = self.global_read(q, k, v, x, cache, use_cache)
         entries = []
         for i in range(len(self.local_memories)):
-            read, local = self.local_read(i, q, k, v, x, real, None if cache is None else cache["locals"][i],
+            read, local = self.local_read(i, q, k, v, x, None if cache is None else cache["locals"][i],
                                           position, use_cache)
             out = out + read
             entries.append(local)
         return out, {**entry, "locals": entries, "position": position + q.shape[1]}
 
-    def global_read(self, q, k, v, x, real, cache, use_cache):
+    def global_read(self, q, k, v, x, cache, use_cache):
         """``f(V_{ξ(t, C_G)}, q_t)`` (Eq. 7) while writing with Eq. 5, one global chunk at a time: each stretch up
         to the next chunk boundary is read at the chunk-start state (``recall``), then written.
         Returns the reads and ``{"memory", "start"}``."""
         state = self.initial_state() if cache is None else cache["memory"]
         start = state if cache is None else cache["start"]
-        gates = self.gates(x, real)
+        gates = self.gates(x)
         reads, a, t = [], 0, q.shape[1]
         while a < t:
             b = min(t, a + self.rule.chunk_size - state.offset)
@@ -194,14 +194,14 @@ class TNTMemory(MemoryMixer):
         q_proj, projector = project_queries(q, k, carry)
         return (F.normalize(q_proj, dim=-1) if self.qk_projection == "normalized" else q_proj), projector
 
-    def local_read(self, i, q, k, v, x, real, entry, position, use_cache):
+    def local_read(self, i, q, k, v, x, entry, position, use_cache):
         """``f(W_t^{(i)}, q̃_t^{(i)})`` (Eq. 6 / 14 / 15) for tokens ``position …``: the rest of the current
         shard continues from ``entry``; the following whole shards start from ``W_init^{(i)}`` and a zero projector,
         folded into the batch; a last partial shard likewise. Returns the reads and the new entry (``None`` at a
         shard boundary)."""
         memory = self.local_memories[i]
         s, (b, t) = memory.shard_size, q.shape[:2]
-        gates = memory.gates(x, real)
+        gates = memory.gates(x)
         head = min(t, -position % s)
         full = (t - head) // s
         # (first token, tokens per shard, shards, carried entry): the current shard's rest, whole shards, the tail
