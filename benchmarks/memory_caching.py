@@ -62,8 +62,8 @@ QUICK_NIAH = dict(NIAH, variants=["base", "gated", "log"], lengths=[256, 1024])
 class UnitStep(MemoryMixer):
     """Our matrix memory with the step fixed at 1 (``M += v kᵀ``), the package's ``linear`` backend."""
 
-    def gates(self, x, real):
-        return {"lr": real.unsqueeze(-1).expand(*real.shape, self.heads).to(x.dtype)}
+    def gates(self, x):
+        return {"lr": x.new_ones(*x.shape[:2], self.heads)}
 
 
 class Ours(nn.Module):
