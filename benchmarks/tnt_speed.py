@@ -23,7 +23,6 @@ Writes ``docs/tnt_speed.md`` and its JSON twin (``--out``); hand-written notes b
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_core as mc  # noqa: E402
 from tnt_chunk_mismatch import Shakespeare, held_out_loss  # noqa: E402
-from training_step import step  # noqa: E402
+from training_step import median_step_seconds, tokens  # noqa: E402
 
 from nestedmemory.models import from_preset  # noqa: E402
 from nestedmemory.tasks import train_on_task  # noqa: E402
@@ -65,16 +64,9 @@ def build(name: str, seed: int):
 def throughput(settings: dict, names: list[str]) -> dict:
     """Median seconds per training step of each model, rounds alternating between the models."""
     models = {name: build(name, settings["seed"]) for name in names}
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
-    ids = torch.randint(0, 256, (settings["batch"], settings["length"]), generator=torch.Generator().manual_seed(0))
-    for name in names:
-        step(models[name], optimizers[name], ids, check=True)
-    times = {name: [] for name in names}
-    for _ in range(settings["repeats"]):
-        for name in names:
-            times[name].append(step(models[name], optimizers[name], ids))
-    return {name: dict(parameters=sum(p.numel() for p in models[name].parameters()),
-                       seconds=statistics.median(times[name])) for name in names}
+    medians = median_step_seconds(models, tokens(settings), settings["repeats"])
+    return {name: dict(parameters=sum(p.numel() for p in models[name].parameters()), seconds=medians[name])
+            for name in names}
 
 
 def smoothed(losses: list[float], window: int) -> list[float]:

@@ -119,21 +119,27 @@ def measure_peak(name: str, settings: dict) -> int | None:
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"] if done.returncode == 0 else None
 
 
+def median_step_seconds(models: dict, ids: torch.Tensor, repeats: int) -> dict:
+    """Each model's median training-step time on ``ids``: a checked warm-up step each (finite loss and gradients),
+    then ``repeats`` rounds alternating between the models (AdamW, lr 1e-4)."""
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    for name in models:
+        step(models[name], optimizers[name], ids, check=True)
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name in models:
+            times[name].append(step(models[name], optimizers[name], ids))
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def run(settings: dict, names: list[str]) -> dict:
     setup = mc.setup_torch()
     models = {name: build(name) for name in names}
     models = {name: model for name, model in models.items() if model is not None}
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
-    ids = tokens(settings)
-    for name in models:
-        step(models[name], optimizers[name], ids, check=True)
-    times = {name: [] for name in models}
-    for _ in range(settings["repeats"]):
-        for name in models:
-            times[name].append(step(models[name], optimizers[name], ids))
+    medians = median_step_seconds(models, tokens(settings), settings["repeats"])
     rows = {}
     for name, model in models.items():
-        seconds = statistics.median(times[name])
+        seconds = medians[name]
         peak = measure_peak(name, settings)
         rows[name] = dict(parameters=sum(p.numel() for p in model.parameters()), seconds=seconds,
                           tokens_per_s=settings["batch"] * settings["length"] / seconds,
