@@ -120,6 +120,13 @@ def recall(q, rule: MemoryRule, state: MemoryState, *, feature_coeffs=None, feat
 
 
 # ---------------------------------------------------------------------------------------------- checks
+def _value_checks(t: torch.Tensor) -> bool:
+    """Whether to check the values of ``t`` (not only its shape): on the CPU, outside ``torch.compile``'s tracing.
+    On an accelerator reading a value back stalls the device's queue on every call (a host sync per layer and
+    token), and under tracing it splits the graph; the layers' own arguments are in range by construction."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _soup(soup, rule, q, dtype):
     """``memorize``'s ``soup`` checked, in the internal layout ``(γ [B, H, T, 1], γ_n [B, H, T, N], weights)``."""
     b, t, h, _ = q.shape
@@ -299,7 +306,7 @@ def _features(rule, feature_coeffs, feature_scale, q, dtype):
                 (feature_coeffs.dim() == 2 and feature_coeffs.shape[0] != q.shape[2]):
             raise ValueError(f"feature_coeffs must be a tensor [{rule.degree + 1}] or "
                              f"[{q.shape[2]}, {rule.degree + 1}]")
-        if bool((feature_coeffs < 0).any()):
+        if _value_checks(feature_coeffs) and bool((feature_coeffs < 0).any()):
             raise ValueError("feature_coeffs must be >= 0 (they weight the degrees of φ_p)")
     elif feature_coeffs is not None:
         raise ValueError(f"feature_coeffs were given but MemoryRule.feature_map={rule.feature_map!r} has none "
@@ -312,7 +319,7 @@ def _features(rule, feature_coeffs, feature_scale, q, dtype):
         if feature_scale.dim() > 1 or feature_scale.numel() not in (1, q.shape[2]):
             raise ValueError(f"feature_scale must be a float or a tensor [{q.shape[2]}], got shape "
                              f"{tuple(feature_scale.shape)}")
-        if not bool((feature_scale > 0).all()):
+        if _value_checks(feature_scale) and not bool((feature_scale > 0).all()):
             raise ValueError("feature_scale must be > 0 (the exp kernel is exp(s q·k))")
     if rule.feature_map == "poly":
         return lambda x: poly_features(x, rule.degree, feature_coeffs.to(dtype))
