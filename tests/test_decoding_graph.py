@@ -1,9 +1,9 @@
 """The one-token decoding step reads nothing back from the device (issue 13, targets 3 and 8): traced by
-``torch.compile``'s front end it is one graph, without breaks, for every block type and the polynomial-feature memories (whose
-``feature_coeffs`` value check ran every call). A host sync per layer (e.g. ``bool(mask.all())``) would stall a
-GPU's queue every token and split a compiled step into pieces. Every other preset traces as one graph too (checked
-by hand, 2026-12-06) but the exp-kernel ones (``deeptransformer``, ``dot``, ``swdt``): their state grows with every
-write and keeps only the stream's slots (a ``nonzero``)."""
+``torch.compile``'s front end it is one graph, without breaks, for every block type and the polynomial-feature
+memories (whose ``feature_coeffs`` value check ran every call). A host sync per layer (e.g. ``bool(mask.all())``)
+would stall a GPU's queue every token and split a compiled step into pieces. Every other preset traces as one graph
+too (checked by hand, 2026-12-06) but the exp-kernel ones (``deeptransformer``, ``dot``, ``swdt``): their state
+grows with every write and keeps only the stream's slots (a ``nonzero``)."""
 
 import pytest
 import torch
