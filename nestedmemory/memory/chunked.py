@@ -86,7 +86,10 @@ def run(rule, s, state, *, factors_at=None, segments=None):
             anchor, lag_decay = weights, 1.0
         elif not (n == 0 and off > 0):
             anchor = weights
-        factors = factors_at(rule, anchor, {name: x[n] for name, x in writes.items()})
+        tokens = {name: x[n] for name, x in writes.items()}
+        if rule.window == 1:  # the chunk's stream slots, known here (the grid pads before chunk 0, after the last)
+            tokens["slots"] = slice(front if n == 0 else 0, width - tail if n == n_chunks - 1 else width)
+        factors = factors_at(rule, anchor, tokens)
         chunk_coef = {name: x[n] for name, x in coef.items()}
         if soup is not None:
             chunk_coef["soup"] = (soup[0][n], soup[1][n], s.soup[2])
@@ -117,12 +120,11 @@ def gradient_factors(rule, point, tokens):
 # ------------------------------------------------------------------------------------------ write tokens
 def _write_tokens(rule, s, off, c, n_chunks, grid):
     """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens;
-    ``pos`` ``[1, 1, N, E]`` is each slot's stream position, −1 on the grid's padding."""
+    with a window, ``pos`` ``[1, 1, N, E]`` is each slot's stream position, −1 on the grid's padding (without one,
+    :func:`run` gives each chunk's stream slots as a slice)."""
     names = {"k": s.k, "k_raw": s.k_raw, "v": s.v, "threshold": s.threshold, "shift": s.shift}
     if rule.window == 1:
-        tokens = {name: grid(x) for name, x in names.items() if x is not None}
-        tokens["pos"] = grid(torch.arange(s.k.shape[2], device=s.k.device).view(1, 1, -1), -1)
-        return tokens
+        return {name: grid(x) for name, x in names.items() if x is not None}
     pos, _ = _ext_positions(rule.window - 1, s.halo, s.k.shape[2], off, c, n_chunks, s.k.device)
     index = pos.clamp(0, s.k.shape[2] - 1)
     tokens = {name: x[:, :, index] for name, x in names.items() if x is not None}

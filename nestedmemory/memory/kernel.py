@@ -75,8 +75,9 @@ def run_chunked(rule, s, state):
 
 def _factors(rule, anchor, tokens):
     """``[(X, Δ, keep)]``: the chunk's write keys, their ``δ`` at the anchor, and the slots that are stream tokens
-    (the grid's padding is never appended to the state)."""
-    keep = (tokens["pos"][0, 0] >= 0).nonzero().squeeze(-1)
+    (the grid's padding is never appended to the state): a slice without a window, read back from the positions
+    with one."""
+    keep = tokens["slots"] if "slots" in tokens else (tokens["pos"][0, 0] >= 0).nonzero().squeeze(-1)
     return [(tokens["k"], grad_at(rule, anchor, tokens["k"], tokens["v"]), keep)]
 
 
