@@ -24,6 +24,11 @@ How.
   fwd+bwd minus ``VmRSS`` before it: the extra resident bytes the fwd+bwd needed.
 * FLOPs: the matmul work of the chunked algorithm, counted in :func:`chunked_fwd_flops`; backward ~ 2x forward.
 
+``--baseline REV`` also times ``nestedmemory.memory`` as it was at git revision ``REV`` (path ``baseline``): that
+subpackage imports nothing outside itself, so ``git archive`` puts a frozen copy under its own package name beside
+today's code and both run in this process, alternating, on the same inputs; each config first checks that the
+two outputs agree to fp32 rounding and records their largest difference.
+
 ``--profile RULE`` instead profiles one chunked fwd+bwd with ``torch.profiler`` and prints the top ops.
 """
 
@@ -33,7 +38,10 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
+import dataclasses
 import hashlib
+import importlib
+import io
 import json
 import math
 import os
@@ -41,6 +49,8 @@ import platform
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +64,14 @@ B, H, D, CHUNK, EXPANSION = 4, 4, 64, 64, 4
 T_FULL = (512, 1024, 2048, 4096, 8192)
 T_QUICK = (512, 1024)
 PATHS = ("chunked", "recurrent")
+BASELINE_PATH = "baseline"
+AGREE_RTOL = 1e-4  # the largest relative difference of the outputs the baseline may show (fp32 rounding)
+BASELINE = None   # the frozen ``memory`` package of ``--baseline REV`` (load_baseline)
 SLOW_S, SLOW_REPEATS = 10.0, 3          # a config whose warm-up takes longer than SLOW_S runs at most 3 rounds
 PRESSURE = Path("/proc/pressure/cpu")
 CONTENDED, BUSY_MAX, IDLE_PROBE_S, WAIT_CAP_S, RETRIES = 0.05, 0.2, 1.0, 60.0, 3
 SPEEDUP_TARGET, SPEEDUP_T = 20.0, 1024
+BASELINE_TARGET = 2.0   # issue 13, target 1: today's fwd+bwd tokens/s over the baseline's at T = SPEEDUP_T
 MEMORY_TARGET, MEMORY_T = 9.0, (1024, 8192)
 MATMUL_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::mv", "aten::dot"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -189,14 +203,51 @@ def make_case(rule: MemoryRule, t: int, seed: int = 0) -> Case:
     return Case(inputs, state, leaves)
 
 
+def load_baseline(rev: str):
+    """``nestedmemory.memory`` at git revision ``rev``, imported as ``baseline_nestedmemory.memory``."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["git", "-C", str(repo), "archive", rev, "nestedmemory/memory"], capture_output=True)
+    if done.returncode != 0:
+        sys.exit(f"error: --baseline {rev}: git archive failed: {done.stderr.decode().strip()}")
+    root = Path(tempfile.mkdtemp(prefix="memory_core_baseline_"))
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        tar.extractall(root, filter="data")
+    package = root / "baseline_nestedmemory"
+    (root / "nestedmemory").rename(package)
+    (package / "__init__.py").write_text(f'"""nestedmemory/memory at {rev}."""\n')
+    sys.path.insert(0, str(root))
+    return importlib.import_module("baseline_nestedmemory.memory")
+
+
+def _as(cls, obj):
+    """``obj`` (a dataclass of today's code) as the baseline's class ``cls``, field by field."""
+    return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
+def call(rule: MemoryRule, case: Case, mode: str):
+    """``memorize`` on the case's inputs: today's code, or the frozen baseline's chunked path."""
+    x, impl, state = case.inputs, memorize, case.state
+    if mode == BASELINE_PATH:
+        impl, rule, state, mode = BASELINE.memorize, _as(BASELINE.MemoryRule, rule), \
+            _as(BASELINE.MemoryState, state), "chunked"
+    return impl(x["q"], x["k"], x["v"], rule, lr=x["lr"], decay=x["decay"], momentum=x["momentum"],
+                initial_state=state, output_final_state=True, mode=mode)
+
+
+def baseline_difference(rule: MemoryRule, case: Case) -> float:
+    """Largest ``|today − baseline| / max|baseline|`` over the outputs and final weights (no gradients)."""
+    with torch.no_grad():
+        (out, final), (base, base_final) = call(rule, case, "chunked"), call(rule, case, BASELINE_PATH)
+    pairs = [(out, base)] + list(zip(final.weights, base_final.weights))
+    return max(float((a - b).abs().max() / b.abs().max()) for a, b in pairs)
+
+
 def run_once(rule: MemoryRule, case: Case, mode: str, check: bool = False) -> float:
     """One fwd+bwd; returns its wall time in seconds. ``check`` aborts on non-finite outputs or gradients."""
     for x in case.leaves:
         x.grad = None
-    x = case.inputs
     start = time.perf_counter()
-    out, final = memorize(x["q"], x["k"], x["v"], rule, lr=x["lr"], decay=x["decay"], momentum=x["momentum"],
-                          initial_state=case.state, output_final_state=True, mode=mode)
+    out, final = call(rule, case, mode)
     out.square().mean().backward()
     seconds = time.perf_counter() - start
     if check:
@@ -260,6 +311,10 @@ def timed_run(rule: MemoryRule, case: Case, mode: str, gate: IdleGate, check: bo
 def time_config(rule: MemoryRule, t: int, paths, repeats: int, gate: IdleGate) -> dict:
     """Warm-up per path, then ``repeats`` interleaved rounds; {path: {"warmup_s", "times_s", "runs"}}."""
     case = make_case(rule, t)
+    difference = baseline_difference(rule, case) if BASELINE_PATH in paths else None
+    if difference is not None and difference > AGREE_RTOL:
+        sys.exit(f"ABORT: today's outputs differ from the baseline's by {difference:.2e} (relative) at T={t}: "
+                 "a speed comparison of different results is meaningless")
     warm = {path: timed_run(rule, case, path, gate, check=True)["s"] for path in paths}
     rounds = min(repeats, SLOW_REPEATS) if max(warm.values()) > SLOW_S else repeats
     runs = {path: [] for path in paths}
@@ -268,7 +323,8 @@ def time_config(rule: MemoryRule, t: int, paths, repeats: int, gate: IdleGate) -
             runs[path].append(timed_run(rule, case, path, gate))
     del case
     release_memory()
-    return {path: {"warmup_s": warm[path], "times_s": [r["s"] for r in runs[path]], "runs": runs[path]}
+    return {path: {"warmup_s": warm[path], "times_s": [r["s"] for r in runs[path]], "runs": runs[path],
+                   **({"difference_vs_baseline": difference} if path == BASELINE_PATH else {})}
             for path in paths}
 
 
@@ -287,8 +343,9 @@ def peak_child(rule_name: str, t: int, path: str) -> None:
     print(json.dumps({"peak_bytes": peak, "baseline_bytes": baseline, "hwm_reset": reset}))
 
 
-def measure_peak(rule_name: str, t: int, path: str) -> dict:
+def measure_peak(rule_name: str, t: int, path: str, baseline: str | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-child", rule_name, str(t), path]
+    cmd += ["--baseline", baseline] if path == BASELINE_PATH else []
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"ABORT: peak-memory subprocess for {rule_name} T={t} {path} failed "
@@ -352,13 +409,15 @@ def summarise(timings: dict, peaks: dict, matmul: dict) -> list[dict]:
             row = {"rule": rule_name, "T": t, "path": path, "tokens": B * t, **r, "median_s": median[path],
                    "contended_runs": sum((x["contention"] or 0) > CONTENDED for x in r["runs"]),
                    "tokens_per_s": B * t / median[path], **peaks[rule_name, t, path]}
-            if path == "chunked":
+            if path in ("chunked", BASELINE_PATH):
                 fwd = chunked_fwd_flops(RULES[rule_name], t)
                 gflops = 3 * fwd / median[path] / 1e9
                 row.update(fwd_flops=fwd, fwd_bwd_flops=3 * fwd, gflops=gflops,
                            **{f"pct_of_{name}": 100 * gflops / p["gflops"] for name, p in matmul.items()})
-                if "recurrent" in median:
+                if "recurrent" in median and path == "chunked":
                     row["speedup_vs_recurrent"] = median["recurrent"] / median[path]
+                if BASELINE_PATH in median and path == "chunked":
+                    row["speedup_vs_baseline"] = median[BASELINE_PATH] / median[path]
             rows.append(row)
     return rows
 
@@ -377,19 +436,25 @@ def targets(rows: list[dict]) -> dict:
         out[f"peak_memory_ratio_{rule_name}_T{MEMORY_T[1]}_over_T{MEMORY_T[0]}"] = {
             "value": ratio, "target": f"<= {MEMORY_TARGET}",
             "pass": None if ratio is None else ratio <= MEMORY_TARGET}
+        gain = chunked.get((rule_name, SPEEDUP_T), {}).get("speedup_vs_baseline")
+        if gain is not None:
+            out[f"speedup_vs_baseline_{rule_name}_T{SPEEDUP_T}"] = {
+                "value": gain, "target": f">= {BASELINE_TARGET}", "pass": gain >= BASELINE_TARGET}
     return out
 
 
 def print_table(rows: list[dict], matmul: dict) -> None:
     names = list(matmul)
-    header = (f"{'rule':<7}{'T':>6}  {'path':<10}{'tokens/s':>11}{'peak MB':>10}{'speedup':>9}{'GFLOP/s':>9}"
+    header = (f"{'rule':<7}{'T':>6}  {'path':<10}{'tokens/s':>11}{'peak MB':>10}{'speedup':>9}{'vs base':>9}"
+              f"{'GFLOP/s':>9}"
               f"{'%1024mm':>9}{'%bmm64':>8}{'repeats':>8}{'contended':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
         fmt = lambda key, spec: format(r[key], spec) if key in r else "-"  # noqa: E731
         print(f"{r['rule']:<7}{r['T']:>6}  {r['path']:<10}{r['tokens_per_s']:>11,.0f}"
-              f"{r['peak_bytes'] / 2**20:>10.1f}{fmt('speedup_vs_recurrent', '.1f'):>9}{fmt('gflops', '.2f'):>9}"
+              f"{r['peak_bytes'] / 2**20:>10.1f}{fmt('speedup_vs_recurrent', '.1f'):>9}"
+              f"{fmt('speedup_vs_baseline', '.2f'):>9}{fmt('gflops', '.2f'):>9}"
               f"{fmt('pct_of_' + names[0], '.1f'):>9}{fmt('pct_of_' + names[1], '.1f'):>8}"
               f"{len(r['times_s']):>8}{r['contended_runs']:>10}")
 
@@ -439,11 +504,12 @@ def benchmark(args) -> None:
     for rule_name, rule in RULES.items():
         for t in lengths:
             paths = [p for p in PATHS if p == "chunked" or t <= args.recurrent_max_t]
+            paths += [BASELINE_PATH] if args.baseline else []
             skipped += [{"rule": rule_name, "T": t, "path": p, "reason": "T > --recurrent-max-t"}
                         for p in PATHS if p not in paths]
             timings[rule_name, t] = time_config(rule, t, paths, repeats, gate)
             for path in paths:
-                peaks[rule_name, t, path] = measure_peak(rule_name, t, path)
+                peaks[rule_name, t, path] = measure_peak(rule_name, t, path, args.baseline)
             done = ", ".join(f"{p} {statistics.median(r['times_s']):.3f}s (redone "
                              f"{sum(x['attempts'] - 1 for x in r['runs'])}, waited "
                              f"{sum(x['waited_s'] for x in r['runs']):.0f}s)"
@@ -476,7 +542,8 @@ def benchmark(args) -> None:
                      "wait_cap_s": WAIT_CAP_S, "retries": RETRIES,
                      "rules": {name: repr(rule) for name, rule in RULES.items()},
                      "loss": "out.square().mean()", "statistic": "median",
-                     "order": "per (rule, T): one warm-up per path, then chunked/recurrent interleaved"},
+                     "order": "per (rule, T): one warm-up per path, then the paths interleaved",
+                     "baseline_rev": args.baseline, "baseline_agree_rtol": AGREE_RTOL},
         "machine": {**machine_info(setup), "load_start": load_start, "load_end": load_end},
         "source": source_info(),
         "matmul_peak": matmul,
@@ -525,11 +592,16 @@ def main(argv=None) -> None:
                                       "memory_core_quick.json with --quick)")
     parser.add_argument("--max-wait", type=float, help="total seconds the run may wait for CPUs free of other "
                                                          "processes (default 900, --quick 30)")
+    parser.add_argument("--baseline", metavar="REV", help="also time nestedmemory/memory as it was at this git "
+                        "revision (path 'baseline'), alternating with today's code in this process")
     parser.add_argument("--profile", choices=sorted(RULES),
                         help="profile one chunked fwd+bwd of this rule and exit")
     parser.add_argument("--profile-t", type=int, default=1024, help="T of --profile")
     parser.add_argument("--peak-child", nargs=3, metavar=("RULE", "T", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.baseline:
+        global BASELINE
+        BASELINE = load_baseline(args.baseline)
     if args.peak_child:
         rule_name, t, path = args.peak_child
         peak_child(rule_name, int(t), path)

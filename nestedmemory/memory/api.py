@@ -276,8 +276,8 @@ def _prepare(q, k, v, rule, *, lr, decay, momentum, threshold, shift, window_gat
     state = _check_state(initial_state, rule, q, v, dtype)
     features = _features(rule, feature_coeffs, feature_scale, q, dtype)
 
-    def layout(t):
-        return t.transpose(1, 2).to(dtype)
+    def layout(t):  # [B, T, H, D] -> [B, H, T, D], contiguous: each chunk's products then need no copies
+        return t.transpose(1, 2).to(dtype).contiguous()
 
     def halo_cat(name, t):
         if t is None:

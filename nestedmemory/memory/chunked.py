@@ -55,16 +55,20 @@ def run(rule, s, state, *, factors_at=None, segments=None):
         """Tokens on the chunk grid ``[B, H, N, width, ...]`` (``front`` pads in front, ``tail`` behind)."""
         if x is None:
             return None
-        pad = [0, 0] * (x.dim() - 3) + [front, tail]
-        return F.pad(x, pad, value=value).unflatten(2, (n_chunks, width))
+        if front or tail:
+            x = F.pad(x, [0, 0] * (x.dim() - 3) + [front, tail], value=value)
+        return x.unflatten(2, (n_chunks, width))
 
     lag = [rule.is_lag and not (n == 0 and off > 0) for n in range(n_chunks)]
     lr, retain = grid(s.lr), grid(s.retain, 1.0)
-    keep = torch.ones(n_chunks, width, 1, dtype=lr.dtype, device=lr.device)
-    keep[torch.tensor(lag, device=lr.device), 0] = 0  # the lag token's update is done by ``lag_step``
+    lr_in, retain_in = lr, retain  # the gates the coefficients see: without the lag tokens', done by ``lag_step``
+    if any(lag):
+        keep = torch.ones(n_chunks, width, 1, dtype=lr.dtype, device=lr.device)
+        keep[torch.tensor(lag, device=lr.device), 0] = 0
+        lr_in, retain_in = lr * keep, 1 - (1 - retain) * keep
     gamma = _window(rule, s, off, c, n_chunks)
-    active = grid(torch.ones_like(s.lr[..., :1]))
-    coef = _coefficients(rule, lr * keep, 1 - (1 - retain) * keep, grid(s.momentum, 1.0), gamma, active)
+    active = grid(torch.ones_like(s.lr[..., :1])) if front or tail else None  # None: no grid padding
+    coef = _coefficients(rule, lr_in, retain_in, grid(s.momentum, 1.0), gamma, active)
     # one unbind per tensor: indexing chunk n out of the whole grid would make the backward quadratic in T
     chunks = lambda x: x.unbind(2)  # noqa: E731
     writes = {name: chunks(x) for name, x in _write_tokens(rule, s, off, c, n_chunks, grid).items()}
@@ -167,7 +171,7 @@ def _window(rule, s, off, c, n_chunks):
 # ------------------------------------------------------------------------------------------ coefficients
 def _coefficients(rule, lr, retain, momentum, gamma, active):
     """Gate-only coefficients for every chunk, laid out ``[B, H, N, G, C(, C or E)]``. ``active`` is 0 on the
-    padding tokens of the chunk grid, where momentum must not be added to the weights."""
+    padding tokens of the chunk grid, where momentum must not be added to the weights (``None``: no padding)."""
     move = lambda x: x.movedim(-1, -2)  # noqa: E731  [B,H,N,C,G] -> [B,H,N,G,C]
     theta, log_a = move(lr), move(_log(retain))
     seg = segsum(log_a)
@@ -178,11 +182,12 @@ def _coefficients(rule, lr, retain, momentum, gamma, active):
         coef["G"] = window(-decay * theta.unsqueeze(-2))
     elif rule.learner == "momentum":
         log_m = move(_log(momentum))
-        carry = torch.exp(segsum(log_m)) * theta.unsqueeze(-2)   # D_η diag(θ)
+        carry = torch.exp(segsum(log_m)) * -theta.unsqueeze(-2)  # −D_η diag(θ)
         m = torch.exp(log_m.cumsum(-1))
-        decay = decay * move(active).unsqueeze(-2)               # W_t = a_t W_{t-1} + [active_t] S_t
-        coef.update(G=window(-decay @ carry), f=(decay @ m.unsqueeze(-1)).squeeze(-1),
-                    Gs=window(-carry[..., -1:, :]).squeeze(-2), m=m)
+        if active is not None:
+            decay = decay * move(active).unsqueeze(-2)           # W_t = a_t W_{t-1} + [active_t] S_t
+        coef.update(G=window(decay @ carry), f=(decay @ m.unsqueeze(-1)).squeeze(-1),
+                    Gs=window(carry[..., -1:, :]).squeeze(-2), m=m)
     elif rule.learner == "muon":
         log_m = move(_log(momentum))
         coef.update(P=window(torch.exp(segsum(log_m))), m=torch.exp(log_m.cumsum(-1)),
@@ -193,7 +198,7 @@ def _coefficients(rule, lr, retain, momentum, gamma, active):
                     beta_prev=torch.exp(log_a.cumsum(-1) - log_a))
         if rule.learner == "dgd-momentum":  # S_i = m_i S_0 − Σ_j P[i,j] θ_j h_jᵀδ_j enters W_t for active i
             log_m = move(_log(momentum))
-            on = move(active).unsqueeze(-2)
+            on = 1.0 if active is None else move(active).unsqueeze(-2)
             coef.update(Ptheta=torch.exp(segsum(log_m)) * theta.unsqueeze(-2), m=torch.exp(log_m.cumsum(-1)),
                         Dactive=decay * on, Lactive=prev * on)
     return coef

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .rule import MemoryRule
 
@@ -19,10 +20,11 @@ LN_EPS = 1e-5
 
 
 def activation(name: str, z):
+    """The memory's activation ``σ(z)`` (exact GELU, SiLU, ReLU, tanh; identity otherwise), one fused op each."""
     if name == "gelu":
-        return 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
+        return F.gelu(z)
     if name == "silu":
-        return z * torch.sigmoid(z)
+        return F.silu(z)
     if name == "relu":
         return torch.relu(z)
     if name == "tanh":
@@ -30,17 +32,19 @@ def activation(name: str, z):
     return z
 
 
-def activation_grad(name: str, z):
+def activation_backward(name: str, grad, z):
+    """``grad ⊙ σ'(z)``, differentiable in ``grad`` and ``z`` (the write factors' δ carry outer gradients through
+    it); GELU's is aten's fused ``gelu_backward``, which has a double backward."""
     if name == "gelu":
-        return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    if name == "silu":
+        return torch.ops.aten.gelu_backward(grad, z)
+    if name == "silu":  # aten's silu_backward has no derivative of its own
         s = torch.sigmoid(z)
-        return s * (1 + z * (1 - s))
+        return grad * s * (1 + z * (1 - s))
     if name == "relu":
-        return (z > 0).to(z.dtype)
+        return grad * (z > 0).to(grad.dtype)
     if name == "tanh":
-        return 1 - torch.tanh(z) ** 2
-    return torch.ones_like(z)
+        return grad * (1 - torch.tanh(z) ** 2)
+    return grad
 
 
 def poly_features(x, degree: int, coeffs):
@@ -104,12 +108,12 @@ def write_factors(rule: MemoryRule, cache, d_out, weights):
         z1, z3 = pres
         dh = d @ weights[1].transpose(-1, -2)
         d_z3 = dh * activation(rule.activation, z1)
-        d_z1 = dh * z3 * activation_grad(rule.activation, z1)
+        d_z1 = activation_backward(rule.activation, dh * z3, z1)
         return [(inputs[0], d_z1), (inputs[1], d), (inputs[2], d_z3)]
     factors = [None] * rule.depth
     factors[-1] = (inputs[-1], d)
     for layer in range(rule.depth - 2, -1, -1):
-        d = (d @ weights[layer + 1].transpose(-1, -2)) * activation_grad(rule.activation, pres[layer])
+        d = activation_backward(rule.activation, d @ weights[layer + 1].transpose(-1, -2), pres[layer])
         factors[layer] = (inputs[layer], d)
     return factors
 
