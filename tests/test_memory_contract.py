@@ -1,5 +1,7 @@
 """The contract of ``memorize``: causality, decoding / resuming a state, argument checks, numerics."""
 
+import math
+
 import pytest
 import torch
 
@@ -200,3 +202,25 @@ def test_activation_backward_is_the_activation_s_derivative(name):
     torch.testing.assert_close(activation_backward(name, grad, z), expected, rtol=1e-12, atol=1e-12)
     if name != "relu":  # relu's derivative is piecewise constant
         assert torch.autograd.gradcheck(lambda a, b: activation_backward(name, a, b), (grad, z))
+
+
+def test_segsum_is_exact_for_large_prefix_sums_and_minus_infinity():
+    """``segsum``'s differences of prefix sums are taken in fp64: exact to fp32 rounding however large the prefix
+    sums grow (log-decays of −80 per token over 256 tokens), and a ``−inf`` log-decay (a zero decay) gives zero
+    decays across it, never NaN."""
+    from nestedmemory.memory.chunked import segsum
+    g = torch.Generator().manual_seed(0)
+    x = -80 * torch.rand(2, 256, generator=g)
+    x[:, ::7] = -1e-3 * torch.rand(2, 37, generator=g)
+    got = segsum(x)
+    lower = torch.ones(256, 256, dtype=torch.bool).tril()
+    ref = torch.zeros(2, 256, 256, dtype=torch.float64)
+    for t in range(256):
+        for j in range(t + 1):
+            ref[:, t, j] = x[:, j + 1:t + 1].double().sum(-1)
+    assert (got[:, ~lower] == -math.inf).all()
+    torch.testing.assert_close(got[:, lower].double(), ref[:, lower], rtol=2 ** -23, atol=0)  # one rounding
+    x = torch.full((5,), -0.1)
+    x[2] = -math.inf
+    d = torch.exp(segsum(x))
+    assert torch.isfinite(d).all() and d[3, 1] == 0 and d[4, 3] == pytest.approx(math.exp(-0.1))

@@ -25,11 +25,19 @@ from .objectives import output_grad
 
 
 def segsum(x):
-    """``out[..., t, j] = Σ_{j<l≤t} x[..., l]`` for ``j ≤ t`` and ``−inf`` above the diagonal (stable)."""
+    """``out[..., t, j] = Σ_{j<l≤t} x[..., l]`` for ``j ≤ t`` and ``−inf`` above the diagonal: differences of
+    prefix sums taken in fp64, so exact to ``x``'s rounding whatever the prefix sums' size (for ``x ≤ 0``, the
+    log-decays; entries below ``SEGSUM_FLOOR``, decays of ``e^−10⁴`` that are zero in every float format, count as
+    the floor, so that ``−inf`` stays finite in the prefix sums). Apple's MPS has no fp64: there they are fp32."""
     c = x.shape[-1]
-    strict = torch.ones(c, c, dtype=torch.bool, device=x.device).tril(-1)
-    sums = x.unsqueeze(-1).expand(*x.shape, c).masked_fill(~strict, 0).cumsum(-2)
-    return sums.masked_fill(~strict.logical_or(torch.eye(c, dtype=torch.bool, device=x.device)), -math.inf)
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    sums = x.clamp_min(SEGSUM_FLOOR).to(wide).cumsum(-1)
+    upper = torch.ones(c, c, dtype=torch.bool, device=x.device).triu(1)
+    return (sums.unsqueeze(-1) - sums.unsqueeze(-2)).to(x.dtype).masked_fill(upper, -math.inf)
+
+
+#: the smallest log-decay :func:`segsum` distinguishes (``e^−10⁴`` is zero in fp64 already)
+SEGSUM_FLOOR = -1e4
 
 
 def _log(gate):
