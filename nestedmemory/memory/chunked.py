@@ -229,9 +229,16 @@ def _contract(a, g, delta):
     return torch.einsum("bhte,bhgte,bheg->bhtg", a, g, delta)
 
 
-def _end(g_last, x, delta):
-    """``Σ_i h_iᵀ (g_i δ_i)`` with ``g_last`` ``[B, H, G, E]``."""
-    return x.transpose(-1, -2) @ (g_last.transpose(-1, -2) * delta)
+def _plus_product(acc, a, b):
+    """``acc + a @ b``, one BLAS call that accumulates into the sum where the batch axes agree (no separate add)."""
+    if acc.dim() > 2 and acc.shape[:-2] == a.shape[:-2] == b.shape[:-2]:
+        return torch.baddbmm(acc.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3)).view(acc.shape)
+    return acc + a @ b
+
+
+def _plus_end(acc, g_last, x, delta):
+    """``acc + Σ_i h_iᵀ (g_i δ_i)`` with ``g_last`` ``[B, H, G, E]``."""
+    return _plus_product(acc, x.transpose(-1, -2), g_last.transpose(-1, -2) * delta)
 
 
 # ------------------------------------------------------------------------------------------ segments
@@ -242,20 +249,23 @@ def _linear_segment(rule, q, q_raw, weights, momentum, factors, coef):
 
     def mm(layer, r):
         x, delta = factors[layer]
-        z = _rows(beta) * (r @ weights[layer]) + _contract(r @ x.transpose(-1, -2), g, delta)
+        z = _rows(beta) * (r @ weights[layer])
         if f is not None:
-            z = z + _rows(f) * (r @ momentum[layer])
-        return z
+            z = torch.addcmul(z, _rows(f), r @ momentum[layer])
+        scores = r @ x.transpose(-1, -2)
+        if g.shape[2] == 1:
+            return _plus_product(z, scores * g[:, :, 0], delta)
+        return z + _contract(scores, g, delta)
 
     out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
     new_w = []
     for layer, (x, delta) in enumerate(factors):
-        w = _last(beta) * weights[layer] + _end(g[..., -1, :], x, delta)
+        w = _last(beta) * weights[layer]
         if f is not None:
-            w = w + _last(f) * momentum[layer]
-        new_w.append(w)
+            w = torch.addcmul(w, _last(f), momentum[layer])
+        new_w.append(_plus_end(w, g[..., -1, :], x, delta))
     if f is not None:
-        momentum = [_last(coef["m"]) * m + _end(coef["Gs"], x, delta) for m, (x, delta) in zip(momentum, factors)]
+        momentum = [_plus_end(_last(coef["m"]) * m, coef["Gs"], x, delta) for m, (x, delta) in zip(momentum, factors)]
     return out, new_w, momentum
 
 
