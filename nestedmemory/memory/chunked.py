@@ -236,6 +236,14 @@ def _plus_product(acc, a, b):
     return acc + a @ b
 
 
+def _plus_scaled(acc, rows, r, w):
+    """``acc + diag(rows) (r @ w)`` (``acc`` may be ``None``): a scalar per row scales ``r`` or the product,
+    whichever is narrower, and the product then accumulates in BLAS."""
+    if rows.shape[-1] == 1 and r.shape[-1] < w.shape[-1]:
+        return (rows * r) @ w if acc is None else _plus_product(acc, rows * r, w)
+    return rows * (r @ w) if acc is None else torch.addcmul(acc, rows, r @ w)
+
+
 def _plus_end(acc, g_last, x, delta):
     """``acc + Σ_i h_iᵀ (g_i δ_i)`` with ``g_last`` ``[B, H, G, E]``."""
     return _plus_product(acc, x.transpose(-1, -2), g_last.transpose(-1, -2) * delta)
@@ -249,9 +257,9 @@ def _linear_segment(rule, q, q_raw, weights, momentum, factors, coef):
 
     def mm(layer, r):
         x, delta = factors[layer]
-        z = _rows(beta) * (r @ weights[layer])
+        z = _plus_scaled(None, _rows(beta), r, weights[layer])
         if f is not None:
-            z = torch.addcmul(z, _rows(f), r @ momentum[layer])
+            z = _plus_scaled(z, _rows(f), r, momentum[layer])
         scores = r @ x.transpose(-1, -2)
         if g.shape[2] == 1:
             return _plus_product(z, scores * g[:, :, 0], delta)
