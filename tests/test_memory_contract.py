@@ -224,3 +224,6 @@ def test_segsum_is_exact_for_large_prefix_sums_and_minus_infinity():
     x[2] = -math.inf
     d = torch.exp(segsum(x))
     assert torch.isfinite(d).all() and d[3, 1] == 0 and d[4, 3] == pytest.approx(math.exp(-0.1))
+    x = (-torch.rand(2, 3, 9, dtype=torch.float64, generator=g)).requires_grad_()  # its hand-written backward
+    assert torch.autograd.gradcheck(lambda t: torch.exp(segsum(t)), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: torch.exp(segsum(t)), (x,))

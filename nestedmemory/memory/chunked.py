@@ -29,11 +29,29 @@ def segsum(x):
     prefix sums taken in fp64, so exact to ``x``'s rounding whatever the prefix sums' size (for ``x ≤ 0``, the
     log-decays; entries below ``SEGSUM_FLOOR``, decays of ``e^−10⁴`` that are zero in every float format, count as
     the floor, so that ``−inf`` stays finite in the prefix sums). Apple's MPS has no fp64: there they are fp32."""
-    c = x.shape[-1]
-    wide = torch.float32 if x.device.type == "mps" else torch.float64
-    sums = x.clamp_min(SEGSUM_FLOOR).to(wide).cumsum(-1)
-    upper = torch.ones(c, c, dtype=torch.bool, device=x.device).triu(1)
-    return (sums.unsqueeze(-1) - sums.unsqueeze(-2)).to(x.dtype).masked_fill(upper, -math.inf)
+    return _SegSum.apply(x)
+
+
+class _SegSum(torch.autograd.Function):
+    """:func:`segsum` with its backward in ``x``'s dtype: ``∂/∂s_t = Σ_j g[t, j] − Σ_i g[i, t]`` over the lower
+    triangle (the prefix sums ``s`` enter row ``t`` with ``+`` and column ``t`` with ``−``), then the prefix sum's
+    adjoint, a reverse cumulative sum; two reductions of the ``[C, C]`` gradient instead of autograd's fp64 casts."""
+
+    @staticmethod
+    def forward(ctx, x):
+        c = x.shape[-1]
+        wide = torch.float32 if x.device.type == "mps" else torch.float64
+        sums = x.clamp_min(SEGSUM_FLOOR).to(wide).cumsum(-1)
+        upper = torch.ones(c, c, dtype=torch.bool, device=x.device).triu(1)
+        ctx.save_for_backward(x, upper)
+        return (sums.unsqueeze(-1) - sums.unsqueeze(-2)).to(x.dtype).masked_fill(upper, -math.inf)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, upper = ctx.saved_tensors
+        grad = grad.masked_fill(upper, 0)
+        d_sums = grad.sum(-1) - grad.sum(-2)
+        return d_sums.flip(-1).cumsum(-1).flip(-1) * (x >= SEGSUM_FLOOR)
 
 
 #: the smallest log-decay :func:`segsum` distinguishes (``e^−10⁴`` is zero in fp64 already)
