@@ -212,7 +212,7 @@ def _coefficients(rule, lr, retain, momentum, gamma, active):
         m = torch.exp(log_m.cumsum(-1))
         if active is not None:
             decay = decay * move(active).unsqueeze(-2)           # W_t = a_t W_{t-1} + [active_t] S_t
-        coef.update(G=window(decay @ carry), f=(decay @ m.unsqueeze(-1)).squeeze(-1),
+        coef.update(G=window(decay @ carry), f=(decay * m.unsqueeze(-2)).sum(-1),
                     Gs=window(carry[..., -1:, :]).squeeze(-2), m=m)
     elif rule.learner == "muon":
         log_m = move(_log(momentum))
