@@ -110,10 +110,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def setup_torch() -> dict:
-    """Flush denormals and pin the thread count to the physical cores."""
+def setup_torch(threads: int | None = None) -> dict:
+    """Flush denormals and pin the thread count (default: the physical cores)."""
     flush = torch.set_flush_denormal(True)
-    threads = physical_cores()
+    threads = threads or physical_cores()
     torch.set_num_threads(threads)
     return {"threads": threads, "flush_denormal": flush}
 
@@ -416,8 +416,10 @@ def summarise(timings: dict, peaks: dict, matmul: dict) -> list[dict]:
                            **{f"pct_of_{name}": 100 * gflops / p["gflops"] for name, p in matmul.items()})
                 if "recurrent" in median and path == "chunked":
                     row["speedup_vs_recurrent"] = median["recurrent"] / median[path]
-                if BASELINE_PATH in median and path == "chunked":
-                    row["speedup_vs_baseline"] = median[BASELINE_PATH] / median[path]
+                if BASELINE_PATH in median and path == "chunked":  # paired: the rounds alternate, so a ratio
+                    # within a round cancels the machine's slow drifts that medians of each path keep
+                    pairs = zip(per_path[BASELINE_PATH]["times_s"], r["times_s"])
+                    row["speedup_vs_baseline"] = statistics.median(base / ours for base, ours in pairs)
             rows.append(row)
     return rows
 
@@ -482,10 +484,10 @@ FLOP_METHOD = ("matmul FLOPs of the chunked algorithm counted per chunk (see chu
 
 
 def benchmark(args) -> None:
-    setup = setup_torch()
+    setup = setup_torch(args.threads)
     print(f"flush denormal: {'on' if setup['flush_denormal'] else 'NOT SUPPORTED (off)'}; "
-          f"torch threads: {setup['threads']} (physical cores); torch {torch.__version__}; {cpu_model()}")
-    lengths = T_QUICK if args.quick else T_FULL
+          f"torch threads: {setup['threads']}; torch {torch.__version__}; {cpu_model()}")
+    lengths = args.lengths or (T_QUICK if args.quick else T_FULL)
     repeats = args.repeats or (2 if args.quick else 5)
     print(f"B={B} H={H} D={D} chunk={CHUNK}, MLP expansion {EXPANSION}; T={list(lengths)}; repeats={repeats} "
           f"(at most {SLOW_REPEATS} when a warm-up exceeds {SLOW_S:.0f}s); median reported")
@@ -525,7 +527,8 @@ def benchmark(args) -> None:
     load_end = cpu_load()
     print(f"\nmachine load at end: {load_end}")
     print_table(rows, matmul)
-    print("\nspeedup = recurrent median / chunked median; peak MB = extra resident memory of one fwd+bwd "
+    print("\nspeedup = recurrent median / chunked median; vs base = median over the alternating rounds of the "
+          "baseline's time / today's; peak MB = extra resident memory of one fwd+bwd "
           "(fresh subprocess, RSS high-water mark); GFLOP/s = counted chunked matmul FLOPs (fwd+bwd = 3x fwd); "
           "contended = kept runs during which other processes competed for the CPUs")
     print("targets:")
@@ -587,6 +590,9 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"T in {T_QUICK} only, 2 repeats")
     parser.add_argument("--repeats", type=int, help="timed rounds per config (default 5, --quick 2)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the physical cores)")
+    parser.add_argument("--lengths", type=int, nargs="+", metavar="T", help=f"sequence lengths (default {T_FULL}, "
+                        f"--quick {T_QUICK})")
     parser.add_argument("--recurrent-max-t", type=int, default=1024, help="longest T for the recurrent path")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/memory_core.json, "
                                       "memory_core_quick.json with --quick)")
