@@ -247,11 +247,11 @@ def _contract(a, g, delta):
     return torch.einsum("bhte,bhgte,bheg->bhtg", a, g, delta)
 
 
-def _plus_product(acc, a, b):
-    """``acc + a @ b``, one BLAS call that accumulates into the sum where the batch axes agree (no separate add)."""
+def _plus_product(acc, a, b, sign=1):
+    """``acc ± a @ b``, one BLAS call that accumulates into the sum where the batch axes agree (no separate add)."""
     if acc.dim() > 2 and acc.shape[:-2] == a.shape[:-2] == b.shape[:-2]:
-        return torch.baddbmm(acc.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3)).view(acc.shape)
-    return acc + a @ b
+        return torch.baddbmm(acc.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=sign).view(acc.shape)
+    return acc + a @ b if sign == 1 else acc - a @ b
 
 
 def _plus_scaled(acc, rows, r, w):
@@ -334,20 +334,22 @@ def _dgd_segment(rule, q, q_raw, weights, momentum, factors, coef):
     def mm(layer, r):
         (x, delta), c = factors[layer], per_layer[layer]
         scores = r @ x.transpose(-1, -2)
-        z = beta.unsqueeze(-1) * (r @ weights[layer]) - (scores * c["d_theta"]) @ c["u"]
+        z = _plus_product(_plus_scaled(None, beta.unsqueeze(-1), r, weights[layer]), scores * c["d_theta"], c["u"], -1)
         if with_momentum:
-            z = z + d_m * (r @ momentum[layer]) - (scores * c["dp"]) @ delta
+            z = _plus_product(_plus_scaled(z, d_m, r, momentum[layer]), scores * c["dp"], delta, -1)
         return z
 
     out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
     new_w, new_s = [], momentum
     for (x, delta), w, c in zip(factors, weights, per_layer):
-        new_w.append(beta[..., -1:, None] * w - x.transpose(-1, -2) @ (c["d_theta"][..., -1, :].unsqueeze(-1) * c["u"]))
+        new_w.append(_plus_product(beta[..., -1:, None] * w, x.transpose(-1, -2),
+                                   c["d_theta"][..., -1, :].unsqueeze(-1) * c["u"], -1))
     if with_momentum:
         m_last = coef["m"][:, :, 0][..., -1:, None]
-        new_w = [w_c + d_m[..., -1:, :] * s0 - x.transpose(-1, -2) @ (c["dp"][..., -1, :].unsqueeze(-1) * delta)
+        new_w = [_plus_product(torch.addcmul(w_c, d_m[..., -1:, :], s0), x.transpose(-1, -2),
+                               c["dp"][..., -1, :].unsqueeze(-1) * delta, -1)
                  for w_c, (x, delta), s0, c in zip(new_w, factors, momentum, per_layer)]
-        new_s = [m_last * s0 - x.transpose(-1, -2) @ (c["p_theta"][..., -1, :].unsqueeze(-1) * delta)
+        new_s = [_plus_product(m_last * s0, x.transpose(-1, -2), c["p_theta"][..., -1, :].unsqueeze(-1) * delta, -1)
                  for (x, delta), s0, c in zip(factors, momentum, per_layer)]
     return out, new_w, new_s
 
