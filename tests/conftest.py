@@ -11,6 +11,11 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (stable order otherwise): with xdist's work stealing the two workers then finish
-    together instead of one running the long tests at the end while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first in each half of the collection (stable order otherwise): xdist's work stealing hands
+    each worker one contiguous half to start with, so every worker begins with half of the slow tests, and the
+    fast ones are left to balance the end (with all of them in the first half, one worker ran them in a row while
+    the other finished its fast half and stole from the back of the queue)."""
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    fast = [item for item in items if item.get_closest_marker("slow") is None]
+    first = slow[0::2] + fast[:max(len(items) // 2 - len(slow[0::2]), 0)]
+    items[:] = first + slow[1::2] + fast[len(first) - len(slow[0::2]):]
