@@ -67,6 +67,7 @@ PATHS = ("chunked", "recurrent")
 BASELINE_PATH = "baseline"
 AGREE_RTOL = 1e-4  # the largest relative difference of the outputs the baseline may show (fp32 rounding)
 BASELINE = None   # the frozen ``memory`` package of ``--baseline REV`` (load_baseline)
+_BASELINE_DIR = None   # its temporary directory, kept for the process's life
 SLOW_S, SLOW_REPEATS = 10.0, 3          # a config whose warm-up takes longer than SLOW_S runs at most 3 rounds
 PRESSURE = Path("/proc/pressure/cpu")
 CONTENDED, BUSY_MAX, IDLE_PROBE_S, WAIT_CAP_S, RETRIES = 0.05, 0.2, 1.0, 60.0, 3
@@ -209,7 +210,9 @@ def load_baseline(rev: str):
     done = subprocess.run(["git", "-C", str(repo), "archive", rev, "nestedmemory/memory"], capture_output=True)
     if done.returncode != 0:
         sys.exit(f"error: --baseline {rev}: git archive failed: {done.stderr.decode().strip()}")
-    root = Path(tempfile.mkdtemp(prefix="memory_core_baseline_"))
+    global _BASELINE_DIR
+    _BASELINE_DIR = tempfile.TemporaryDirectory(prefix="memory_core_baseline_")   # removed at exit
+    root = Path(_BASELINE_DIR.name)
     with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
         tar.extractall(root, filter="data")
     package = root / "baseline_nestedmemory"

@@ -22,6 +22,7 @@ def load_benchmark(name: str):
         sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses with string annotations look their module up
     spec.loader.exec_module(module)
     return module
 

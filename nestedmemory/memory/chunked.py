@@ -224,9 +224,9 @@ def _coefficients(rule, lr, retain, momentum, gamma, active):
                     beta_prev=torch.exp(log_a.cumsum(-1) - log_a))
         if rule.learner == "dgd-momentum":  # S_i = m_i S_0 − Σ_j P[i,j] θ_j h_jᵀδ_j enters W_t for active i
             log_m = move(_log(momentum))
-            on = 1.0 if active is None else move(active).unsqueeze(-2)
+            on = None if active is None else move(active).unsqueeze(-2)
             coef.update(Ptheta=torch.exp(segsum(log_m)) * theta.unsqueeze(-2), m=torch.exp(log_m.cumsum(-1)),
-                        Dactive=decay * on, Lactive=prev * on)
+                        Dactive=decay if on is None else decay * on, Lactive=prev if on is None else prev * on)
     return coef
 
 
