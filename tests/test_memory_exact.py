@@ -129,6 +129,34 @@ def test_proximal_dgd(arch, chunk_size, length, learner, relaxation):
     assert_same(run_both(rule, length, lr_scale=20.0), 1e-9)
 
 
+IMPLICIT = [rule for rule in all_rules(proximal=True) if rule.implicit_step]
+
+
+@pytest.mark.parametrize("rule", IMPLICIT, ids=rule_id)
+def test_implicit_step(rule):
+    """The implicit step along each token's gradient (``proximal`` with gd / momentum), steps up to 1 so that
+    ``θρ`` is far from small, every combination of the catalogue; chunk sizes 1 and 16 for every other one."""
+    assert_same(run_both(with_chunk(rule, 3), 11, lr_scale=20.0), 1e-9)
+
+
+@pytest.mark.parametrize("rule", IMPLICIT[::2], ids=rule_id)
+@pytest.mark.parametrize("chunk_size,length", [(1, 7), (16, 21)])
+def test_implicit_step_chunk_sizes(rule, chunk_size, length):
+    assert_same(run_both(with_chunk(rule, chunk_size), length, lr_scale=20.0), 1e-9)
+
+
+@pytest.mark.parametrize("rule", IMPLICIT[1::2], ids=rule_id)
+def test_implicit_step_decoding_token_by_token(rule):
+    assert_same(run_both(with_chunk(rule, 4), 11, fast="pieces", lr_scale=20.0), 1e-9)
+
+
+@pytest.mark.parametrize("arch", PROXIMAL[1:5], ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
+@pytest.mark.parametrize("learner", ["gd", "momentum"])
+def test_implicit_step_architectures(arch, learner):
+    rule = MemoryRule(**arch, learner=learner, proximal=True, relaxation=1.5, chunk_size=3)
+    assert_same(run_both(rule, 8, lr_scale=20.0), 1e-9)
+
+
 INNER_BOUND = [dict(memory="mlp"), dict(memory="mlp", depth=3, activation="silu"), dict(memory="mlp", gated=True)]
 
 
@@ -172,7 +200,8 @@ def test_chunked_matches_recurrent_fp32(rule):
 
 CHANNEL_RULES = [MemoryRule(memory="linear", retention=r, learner=l, window=w, chunk_size=3)
                  for r, l, w in [("decay", "gd", 1), ("decay", "momentum", 1), ("none", "momentum", 1),
-                                 ("decay", "omega", 3)]]
+                                 ("decay", "omega", 3)]] + \
+    [MemoryRule(memory="linear", retention="decay", learner=l, proximal=True, chunk_size=3) for l in ("gd", "momentum")]
 
 
 @pytest.mark.parametrize("rule", CHANNEL_RULES, ids=rule_id)

@@ -221,6 +221,21 @@ def test_proximal_dgd_is_the_implicit_delta_rule():
     assert out.abs().max() > 1e3 * ref.abs().max()
 
 
+def test_implicit_gd_step_on_a_matrix_memory_is_the_implicit_delta_rule():
+    """``proximal`` gd with the ℓ2 bias, no retention and chunk 1 takes ``θ / (1 + θ‖k‖²)`` along the token's
+    gradient (``ρ = ‖k‖²`` for a matrix memory): the same implicit delta rule as proximal DGD with the dot bias
+    (Longhorn's step), exact with keys of norm 3 and steps up to 2."""
+    big_k, theta = 3 * k, uniform(0.5, 2.0, 20)
+    w0 = unit(B, H, D, D, seed=21)
+    eye = torch.eye(D, dtype=DT)
+    ref, ref_state = loop(lambda s, t: torch.linalg.solve(eye / gate(theta, t) + col(big_k, t) @ row(big_k, t),
+                                                          s / gate(theta, t) + col(big_k, t) @ row(v, t)), w0)
+    rule = MemoryRule(memory="linear", objective="l2", retention="none", learner="gd", proximal=True, chunk_size=1)
+    out, state = memorize(q, big_k, v, rule, lr=theta, initial_state=rule_state(rule, w0), output_final_state=True)
+    assert relative_error(ref, out) < 1e-12
+    assert relative_error(ref_state, state.weights[0]) < 1e-12
+
+
 def test_over_relaxed_proximal_dgd_reflects():
     """With ``relaxation=2`` and a large step the DGD transition along a unit key tends to the reflection
     ``I − 2kkᵀ`` (eigenvalue −1); at ``relaxation=1`` to the projection ``I − kkᵀ`` (eigenvalue 0)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .maps import chunk_end, dgd_scale, lag_step, memory_of, newton_schulz
+from .maps import chunk_end, dgd_scale, gradient_curvature, implicit_scale, lag_step, memory_of, newton_schulz
 from .nets import explicit, forward, souped, write_factors
 from .objectives import output_grad
 
@@ -140,11 +140,19 @@ def run(rule, s, state, *, factors_at=None, segments=None):
 
 
 def gradient_factors(rule, point, tokens):
-    """Gradient factors ``[(h_l, δ_l)]`` of the write tokens at the explicit weights ``point``."""
+    """Gradient factors ``[(h_l, δ_l)]`` of the write tokens at the explicit weights ``point``; with
+    ``rule.implicit_step`` each token's ``δ_l`` carry its implicit-step scale ``ω / (1 + θ_t ρ_t)``
+    (:func:`maps.implicit_scale`, ``ρ_t`` the curvature along its own gradient, ``θ_t`` = ``tokens["lr"]``)."""
     pred, cache = forward(rule, tokens["k"], tokens["k_raw"], explicit(point))
     d_out = output_grad(rule.objective, pred, tokens["v"], p=rule.p, eps=rule.eps,
                         threshold=tokens.get("threshold"), shift=tokens.get("shift"))
-    return write_factors(rule, cache, d_out, point)
+    factors = write_factors(rule, cache, d_out, point)
+    if not rule.implicit_step:
+        return factors
+    rho = gradient_curvature(lambda n: sum(x.square().sum(-1, keepdim=True) * (d / n).square().sum(-1, keepdim=True)
+                                           for x, d in factors), d_out)
+    scale = implicit_scale(rule, tokens["lr"], rho)
+    return [(x, scale * d) for x, d in factors]
 
 
 # ------------------------------------------------------------------------------------------ write tokens
@@ -152,7 +160,8 @@ def _write_tokens(rule, s, off, c, n_chunks, grid):
     """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens;
     with a window, ``pos`` ``[1, 1, N, E]`` is each slot's stream position, −1 on the grid's padding (without one,
     :func:`run` gives each chunk's stream slots as a slice)."""
-    names = {"k": s.k, "k_raw": s.k_raw, "v": s.v, "threshold": s.threshold, "shift": s.shift}
+    names = {"k": s.k, "k_raw": s.k_raw, "v": s.v, "threshold": s.threshold, "shift": s.shift,
+             "lr": s.lr if rule.implicit_step else None}
     if rule.window == 1:
         return {name: grid(x) for name, x in names.items() if x is not None}
     pos, _ = _ext_positions(rule.window - 1, s.halo, s.k.shape[2], off, c, n_chunks, s.k.device)

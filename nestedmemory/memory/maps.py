@@ -52,8 +52,29 @@ def dgd_scale(rule, lr, x, layer: int):
         scale = torch.where(lr > bound, bound / lr.clamp(min=bound), torch.ones_like(lr))
         theta = lr.clamp(max=bound)
     if rule.proximal:
-        scale = scale * rule.relaxation / (1 + theta * x.to(lr.dtype).square().sum(-1, keepdim=True))
+        scale = scale * implicit_scale(rule, theta, x.to(lr.dtype).square().sum(-1, keepdim=True))
     return scale
+
+
+def implicit_scale(rule, theta, curvature):
+    """``θ' / θ = ω / (1 + θ ρ)``: the implicit (proximal) step of a step ``θ`` along a direction of curvature
+    ``ρ`` (``ω`` = ``rule.relaxation``). For an ℓ2 linear layer ``ρ = ‖x‖²`` and this is the exact minimiser of the
+    proximal objective (NL App. C; NLMS / Longhorn's step); :func:`gradient_curvature` gives ``ρ`` of a deep
+    memory along its own gradient."""
+    return rule.relaxation / (1 + theta * curvature)
+
+
+#: below this output-gradient norm the curvature's Rayleigh quotient is not normalised further (no 0/0)
+CURVATURE_EPS = 1e-12
+
+
+def gradient_curvature(grad_sq, d_out):
+    """``ρ = ‖∇_W ℓ‖² / ‖∂ℓ/∂M(k)‖²``: the Gauss–Newton curvature ``gᵀ J Jᵀ g / ‖g‖²`` of the memory's output
+    along the loss gradient ``g = ∂ℓ/∂M(k)`` (``J = ∂M(k)/∂W``), i.e. how far a unit step along ``−Jᵀg`` moves the
+    prediction per unit of ``g``. ``grad_sq(n)`` returns ``‖∇_W ℓ / n‖²`` summed over the weights for the
+    per-token norm ``n = max(‖g‖, ε)`` (``[..., 1]``), so that ``ρ`` is formed without dividing by a square that
+    could underflow. For a linear memory without a norm ``ρ = ‖k‖²``."""
+    return grad_sq(torch.linalg.vector_norm(d_out, dim=-1, keepdim=True).clamp_min(CURVATURE_EPS))
 
 
 def lq_link(acc, q: float, eps: float):

@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from . import chunked
-from .maps import chunk_end, dgd_scale, lag_step, memory_of, newton_schulz
+from .maps import chunk_end, dgd_scale, gradient_curvature, implicit_scale, lag_step, memory_of, newton_schulz
 from .nets import explicit, forward, souped
 from .objectives import loss
 
@@ -68,7 +68,13 @@ def surprise(rule, s, point, index, gamma, outer):
                          **s.token_kwargs(index))
         if gamma is not None:
             per_token = per_token * gamma
-        grads = torch.autograd.grad(per_token.sum(), params, create_graph=outer)
+        if rule.implicit_step:  # one token (window 1): its gradient and ∂ℓ/∂M(k) by autograd, then ω/(1 + θρ)
+            *grads, d_out = torch.autograd.grad(per_token.sum(), [*params, pred], create_graph=outer)
+            rho = gradient_curvature(lambda n: sum((g / n).square().sum((-2, -1), keepdim=True) for g in grads),
+                                     d_out)
+            grads = [implicit_scale(rule, s.lr[:, :, index], rho) * g for g in grads]
+        else:
+            grads = torch.autograd.grad(per_token.sum(), params, create_graph=outer)
     inputs = [x[:, :, :1] for x in cache["inputs"]]
     if not outer:
         inputs = [x.detach() for x in inputs]
@@ -79,8 +85,9 @@ def factor_surprise(rule, s, point, index, gamma, outer=None):
     """:func:`surprise` as the rank-one factors ``(h, δ)`` of ``∇_W ℓ = hᵀδ`` per weight (:func:`nets.write_factors`,
     the chunked path's gradients, no autograd; ``δ`` weighted by the window gates ``γ_r``, so ``∇ = Σ_r γ_r h_rᵀ δ_r``)
     and the first token's layer inputs; :func:`learn` forms each product inside its update (:func:`descend`)."""
-    tokens = {"k": s.k[:, :, index], "k_raw": s.k_raw[:, :, index], "v": s.v[:, :, index],
-              **s.token_kwargs(index)}
+    tokens = {"k": s.k[:, :, index], "k_raw": s.k_raw[:, :, index], "v": s.v[:, :, index], **s.token_kwargs(index)}
+    if rule.implicit_step:  # window 1: no halo, so stream position = gate position
+        tokens["lr"] = s.lr[:, :, index]
     factors = chunked.gradient_factors(rule, point, tokens)
     if gamma is not None:
         factors = [(x, gamma.unsqueeze(-1) * d) for x, d in factors]

@@ -72,7 +72,11 @@ which state tracking such as parity needs, Grazzi et al. 2025); ``inner_lr_max``
 output layer (their gradient term passes through the later layers' Jacobian, which the per-layer implicit step does
 not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
 (DGD whose gradient term goes through a momentum, Hope's "momentum" ablation: ``S_t = η_t S_{t−1} − θ_t u_t``,
-``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} + S_t``; see ``docs/decisions.md``). The surprise
+``W_t = ((1−α_t) I − θ_t x_t x_tᵀ) W_{t−1} + S_t``; see ``docs/decisions.md``). ``proximal=True`` with ``gd`` or
+``momentum`` (window 1) takes the implicit step along each token's gradient instead: ``θ_t ∇ℓ_t`` becomes
+``ω θ_t ∇ℓ_t / (1 + θ_t ρ_t)``, ``ρ_t = ‖∇_W ℓ_t‖² / ‖∂ℓ_t/∂M(k_t)‖²`` the memory's curvature along the step
+(for a linear memory ``‖k_t‖²``: NLMS / Longhorn's implicit step); it bounds the step's own overshoot where a
+LayerNorm behind the memory divides by a shrinking spread (docs/decisions.md, "Yaad's implicit step"). The surprise
     ``u_t = Σ_{r<c} γ_{t,r} ∇ℓ(A; k_{t−r}, v_{t−r})`` (Omega window ``c``, Atlas Eq. 9) is taken at ``A``, the
     memory at the end of the previous chunk, for every token of a chunk (SPEC §2.2).
     """
@@ -153,9 +157,10 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
                                  "learner='dgd' or 'dgd-momentum' and memory='mlp' with depth >= 2")
             if not self.inner_lr_max > 0:
                 raise ValueError(f"MemoryRule.inner_lr_max must be None or > 0, got {self.inner_lr_max!r}")
-        if self.proximal and (not self.is_dgd or self.feature_map == "exp"):
-            raise ValueError("MemoryRule.proximal (the implicit DGD step) needs learner='dgd' or 'dgd-momentum' on "
-                             "a parametric memory (not feature_map='exp')")
+        if self.proximal and (self.feature_map == "exp" or not (self.is_dgd or (
+                self.learner in ("gd", "momentum") and self.window == 1))):
+            raise ValueError("MemoryRule.proximal (the implicit step) needs learner 'dgd'/'dgd-momentum', or 'gd'/"
+                             "'momentum' with window 1, on a parametric memory (not feature_map='exp')")
         if self.feature_map == "exp":
             if self.memory != "linear":
                 raise ValueError("MemoryRule.feature_map='exp' (DeepTransformers / Dot) needs memory='linear'")
@@ -177,6 +182,11 @@ not see: with large ``θ`` they diverge, docs/decisions.md)), ``dgd-momentum``
     @property
     def is_dgd(self) -> bool:
         return self.learner in ("dgd", "dgd-momentum")
+
+    @property
+    def implicit_step(self) -> bool:
+        """The implicit step along each token's gradient (``proximal`` with a ``gd``/``momentum`` learner)."""
+        return self.proximal and not self.is_dgd
 
     @property
     def is_lag(self) -> bool:

@@ -47,7 +47,8 @@ PRESETS: dict[str, tuple[str, dict | None]] = {
     "titans-mal": ("mal", TITANS),
     "moneta": ("lmm", dict(MIRAS_MLP, objective="lp", p=3.0, retention="lq", q=4.0, learner="gd",
                             lr_init=1e-3, lr_max=1.5e-3, decay_init=1e-4)),  # ℓ3 curvature ∝ |e|: see decisions
-    "yaad": ("lmm", dict(MIRAS_MLP, objective="huber", retention="decay", learner="gd")),
+    "yaad": ("lmm", dict(MIRAS_MLP, objective="huber", retention="decay", learner="gd", proximal=True,
+                         decay_init=1e-4)),  # the implicit step: see decisions, "Yaad's implicit step"
     "memora": ("lmm", dict(MIRAS_MLP, objective="l2", retention="kl", learner="gd")),
     "omeganet": ("lmm", dict(MLP, **POLY, learner="omega")),
     "atlas": ("lmm", ATLAS),  # Atlas Table 2's rows: Atlas, Atlas++ (gated MLP, Eq. 43), Atlas (MAG), Atlas (MAL)
