@@ -2,8 +2,9 @@
 ``torch.compile``'s front end it is one graph, without breaks, for every block type and the polynomial-feature
 memories (whose ``feature_coeffs`` value check ran every call) and the exp-kernel ones (whose stream slots were read
 back with a ``nonzero``). A host sync per layer (e.g. ``bool(mask.all())``) would stall a GPU's queue every token and
-split a compiled step into pieces. Every other preset traces as one graph too (checked by hand, 2026-12-06) but
-``swdt``: its Omega window's halo slots are still found with a ``nonzero``."""
+split a compiled step into pieces. ``swdt``'s Omega window (its halo slots and window gates were found with a
+``nonzero``) is tested too; every other preset traces as one graph as well (checked by hand, 2026-12-06), and
+``tests/test_device_syncs.py`` checks every preset's training and decoding steps for read-backs."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from nestedmemory.models.modeling import cache_of
 
 
 @pytest.mark.parametrize("preset", ["titans-lmm", "titans-mac", "titans-mag", "titans-mal", "hope", "tnt",
-                                    "transformer++", "omeganet", "atlas", "deeptransformer", "dot"])
+                                    "transformer++", "omeganet", "atlas", "deeptransformer", "dot", "swdt"])
 def test_a_decoding_step_is_one_graph(preset):
     torch.manual_seed(0)
     model = from_preset(preset, size="tiny", vocab_size=64).eval()

@@ -4,6 +4,8 @@ The two paths store different ``(K, C)`` for the same memory, so states are comp
 ``exp(x Kᵀ) C`` at random probe queries.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -216,3 +218,17 @@ def test_bad_input_names_the_problem(make, words):
         make()
     assert words in str(info.value)
 
+
+
+def test_the_window_s_stream_slots_come_from_integers():
+    """The exp-kernel memory appends the slots of a chunk's extended (window) tokens that hold stream tokens; they
+    are computed from the call's integers (no ``nonzero`` read back from the device) and equal the slots whose
+    stream position is valid."""
+    from nestedmemory.memory.chunked import _ext_positions, _ext_slots
+
+    for w, halo, t_len, off, c in itertools.product((1, 3), (0, 1, 3), (1, 5, 12), (0, 2, 3), (4,)):
+        n_chunks = -(-(off + t_len) // c)
+        pos, _ = _ext_positions(w, halo, halo + t_len, off, c, n_chunks, "cpu")
+        for n in range(n_chunks):
+            slots = torch.cat([torch.arange(w + c)[part] for part in _ext_slots(w, halo, t_len, off, c, n)])
+            assert torch.equal(slots, (pos[n] >= 0).nonzero().squeeze(-1)), (w, halo, t_len, off, c, n)

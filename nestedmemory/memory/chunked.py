@@ -90,7 +90,7 @@ def run(rule, s, state, *, factors_at=None, segments=None):
     lr_in, retain_in = lr, retain  # the gates the coefficients see: without the lag tokens', done by ``lag_step``
     if any(lag):
         keep = torch.ones(n_chunks, width, 1, dtype=lr.dtype, device=lr.device)
-        keep[torch.tensor(lag, device=lr.device), 0] = 0
+        keep[lag.index(True):, 0] = 0  # every chunk from the first lag one (all but a resumed chunk 0): no H2D copy
         lr_in, retain_in = lr * keep, 1 - (1 - retain) * keep
     gamma = _window(rule, s, off, c, n_chunks)
     active = grid(torch.ones_like(s.lr[..., :1])) if front or tail else None  # None: no grid padding
@@ -117,8 +117,9 @@ def run(rule, s, state, *, factors_at=None, segments=None):
         elif not (n == 0 and off > 0):
             anchor = weights
         tokens = {name: x[n] for name, x in writes.items()}
-        if rule.window == 1:  # the chunk's stream slots, known here (the grid pads before chunk 0, after the last)
-            tokens["slots"] = slice(front if n == 0 else 0, width - tail if n == n_chunks - 1 else width)
+        # the chunk's stream slots, known from the grid (it pads before chunk 0, after the last): read nothing back
+        tokens["slots"] = (slice(front if n == 0 else 0, width - tail if n == n_chunks - 1 else width),) \
+            if rule.window == 1 else _ext_slots(rule.window - 1, s.halo, t_len, off, c, n)
         factors = factors_at(rule, anchor, tokens)
         chunk_coef = {name: x[n] for name, x in coef.items()}
         if soup is not None:
@@ -157,18 +158,15 @@ def gradient_factors(rule, point, tokens):
 
 # ------------------------------------------------------------------------------------------ write tokens
 def _write_tokens(rule, s, off, c, n_chunks, grid):
-    """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens;
-    with a window, ``pos`` ``[1, 1, N, E]`` is each slot's stream position, −1 on the grid's padding (without one,
-    :func:`run` gives each chunk's stream slots as a slice)."""
+    """Per chunk, the tokens whose gradients it uses: the chunk itself, preceded by ``window − 1`` halo tokens
+    (:func:`run` adds which of a chunk's slots are stream tokens, :func:`_ext_slots`)."""
     names = {"k": s.k, "k_raw": s.k_raw, "v": s.v, "threshold": s.threshold, "shift": s.shift,
              "lr": s.lr if rule.implicit_step else None}
     if rule.window == 1:
         return {name: grid(x) for name, x in names.items() if x is not None}
     pos, _ = _ext_positions(rule.window - 1, s.halo, s.k.shape[2], off, c, n_chunks, s.k.device)
     index = pos.clamp(0, s.k.shape[2] - 1)
-    tokens = {name: x[:, :, index] for name, x in names.items() if x is not None}
-    tokens["pos"] = pos.view(1, 1, *pos.shape)
-    return tokens
+    return {name: x[:, :, index] for name, x in names.items() if x is not None}
 
 
 def _ext_positions(w, halo, length, off, c, n_chunks, device):
@@ -182,6 +180,16 @@ def _ext_positions(w, halo, length, off, c, n_chunks, device):
     return torch.where(valid, pos, -1), first.squeeze(1)
 
 
+def _ext_slots(w, halo, t_len, off, c, n):
+    """The slots of chunk ``n``'s extended write tokens that hold stream tokens (those :func:`_ext_positions` does
+    not mark −1), as slices from Python integers: ``w`` halo slots from the first stream position
+    ``halo + max(n c − off, 0)`` back, then the chunk's own tokens of this call."""
+    first = halo + max(n * c - off, 0)
+    behind = slice(max(0, w - first), w)
+    own = slice(w + max(0, off - n * c), w + min(c, t_len + off - n * c))
+    return (slice(behind.start, own.stop),) if own.start == w else (behind, own)
+
+
 def _window(rule, s, off, c, n_chunks):
     """``Γ [B, H, N, 1, C, w + C]``: ``Γ[n, t, e] = γ_{t,r}`` where ext slot ``e`` holds token ``t − r``."""
     if rule.window == 1:
@@ -189,17 +197,18 @@ def _window(rule, s, off, c, n_chunks):
     w, t_len = rule.window - 1, s.q.shape[2]
     device = s.q.device
     _, first = _ext_positions(w, s.halo, s.k.shape[2], off, c, n_chunks, device)
-    j = torch.arange(t_len, device=device).unsqueeze(1)
-    r = torch.arange(rule.window, device=device).unsqueeze(0)
+    # the (token j, lag r) pairs whose source j − r is in the stream (r ≤ halo + j), built from integers: a mask
+    # here would be a nonzero read back from the device
+    js = [torch.arange(min(max(0, r - s.halo), t_len), t_len, device=device) for r in range(rule.window)]
+    j = torch.cat(js)
+    r = torch.cat([torch.full_like(x, lag) for lag, x in enumerate(js)])
     n, t = (off + j) // c, (off + j) % c
     src = s.halo + j - r
     f = first[n]
     e = torch.where(src >= f, w + (src - s.halo + off) - n * c, w - (f - src))
-    ok = src >= 0
     b, h = s.q.shape[:2]
     gamma = s.q.new_zeros(b, h, n_chunks, c, w + c)
-    index = [x.expand_as(src)[ok] for x in (n, t, e, j, r)]
-    gamma[:, :, index[0], index[1], index[2]] = s.window[:, :, index[3], index[4]]
+    gamma[:, :, n, t, e] = s.window[:, :, j, r]
     return gamma.unsqueeze(3)
 
 

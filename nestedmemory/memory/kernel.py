@@ -74,11 +74,14 @@ def run_chunked(rule, s, state):
 
 
 def _factors(rule, anchor, tokens):
-    """``[(X, Δ, keep)]``: the chunk's write keys, their ``δ`` at the anchor, and the slots that are stream tokens
-    (the grid's padding is never appended to the state): a slice without a window, read back from the positions
-    with one."""
-    keep = tokens["slots"] if "slots" in tokens else (tokens["pos"][0, 0] >= 0).nonzero().squeeze(-1)
-    return [(tokens["k"], grad_at(rule, anchor, tokens["k"], tokens["v"]), keep)]
+    """``[(X, Δ, keep)]``: the chunk's write keys, their ``δ`` at the anchor, and the slices of slots that are stream
+    tokens (the grid's padding is never appended to the state; known from the grid, nothing read back)."""
+    return [(tokens["k"], grad_at(rule, anchor, tokens["k"], tokens["v"]), tokens["slots"])]
+
+
+def _kept(x, keep):
+    """The slots ``keep`` (slices) of ``x`` ``[B, H, E, ·]``, in order."""
+    return x[:, :, keep[0]] if len(keep) == 1 else torch.cat([x[:, :, part] for part in keep], 2)
 
 
 def _gd_segment(rule, q, q_raw, memory, momentum, factors, coef):
@@ -87,7 +90,7 @@ def _gd_segment(rule, q, q_raw, memory, momentum, factors, coef):
     beta, g = coef["beta"], coef["G"]
     out = _rows(beta) * read(memory, q) + _contract(torch.exp(q @ x.transpose(-1, -2)), g, delta)
     rows = g[:, :, 0, -1].unsqueeze(-1) * delta
-    return out, _append(memory, _last(beta), x[:, :, keep], rows[:, :, keep]), momentum
+    return out, _append(memory, _last(beta), _kept(x, keep), _kept(rows, keep)), momentum
 
 
 def _dgd_segment(rule, q, q_raw, memory, momentum, factors, coef):
@@ -100,7 +103,7 @@ def _dgd_segment(rule, q, q_raw, memory, momentum, factors, coef):
     u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
     out = beta.unsqueeze(-1) * read(memory, q) - (torch.exp(q @ x.transpose(-1, -2)) * d_theta) @ u
     rows = -d_theta[..., -1, :].unsqueeze(-1) * u
-    return out, _append(memory, beta[..., -1:, None], x[:, :, keep], rows[:, :, keep]), momentum
+    return out, _append(memory, beta[..., -1:, None], _kept(x, keep), _kept(rows, keep)), momentum
 
 
 _SEGMENTS = {"gd": _gd_segment, "omega": _gd_segment, "dgd": _dgd_segment}
