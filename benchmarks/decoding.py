@@ -16,8 +16,10 @@ generates with its own ``sample(..., use_cache=True, temperature=0)`` in the sam
 dependency, ``pip install -e ".[bench]"``).
 
 Bounds printed with the table: the **weight-streaming floor** (every parameter read once per decoding step at the
-single-thread matrix–vector bandwidth measured here, a 4096² fp32 ``mv``) and the **op count** per step (top-level
-ATen calls, each a few µs of eager-PyTorch dispatch at batch 1).
+single-thread matrix–vector bandwidth measured here, a 4096² fp32 ``mv``), the **linear floor** (the model's own
+``nn.Linear`` layers applied to one token in turn: their matrix–vector products alone, at the model's shapes, whose
+weights of a few hundred KB stream slower than one 64 MiB matrix) and the **op count** per step (top-level ATen
+calls, each a few µs of eager-PyTorch dispatch at batch 1).
 
 Writes ``docs/decoding.md`` and its JSON twin (``--out``); the Markdown keeps hand-written notes below
 ``NOTES_MARK``.
@@ -125,6 +127,22 @@ def mv_bandwidth(rounds: int = 20) -> float:
     return w.numel() * 4 / statistics.median(times)
 
 
+def linear_floor_seconds(model, rounds: int = 7) -> float:
+    """Seconds per decoding step of the model's own matrix–vector products alone: every ``nn.Linear`` applied to one
+    token in turn (its weight streamed once, at the shape the model has; the median of ``rounds`` passes over all
+    of them, after one to warm up). Small weights stream slower than a 64 MiB ``mv`` (``mv_bandwidth``)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, m.in_features) for m in linears]
+    times = []
+    with torch.no_grad():
+        for _ in range(rounds + 1):
+            start = time.perf_counter()
+            for m, x in zip(linears, inputs):
+                m(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def run(settings: dict, names: list[str]) -> dict:
     setup = mc.setup_torch()
     torch.set_num_threads(1)  # the target is one thread
@@ -137,6 +155,8 @@ def run(settings: dict, names: list[str]) -> dict:
     if theirs is not None:
         rows["titans-pytorch MAC"] = {"parameters": sum(p.numel() for p in theirs.parameters()), "cached": {},
                                       "uncached": {}, "ops_per_step": {}}
+    for name, model in models.items():
+        rows[name]["linear_floor_tokens_per_s_batch1"] = 1 / linear_floor_seconds(model)
     for batch in settings["batches"]:
         ids = prompt(batch, settings["prompt"], 256)
         for name, model in models.items():
@@ -164,7 +184,7 @@ def run(settings: dict, names: list[str]) -> dict:
 def markdown(data: dict) -> str:
     batches = data["settings"]["batches"]
     header = ["model", "parameters"] + [f"{kind} B={b}" for b in batches for kind in ("cached", "uncached")] + \
-        [f"ops / step B={batches[0]}", "weight floor B=1"]
+        [f"ops / step B={batches[0]}", "weight floor B=1", "linear floor B=1"]
     ours = data["rows"].get("mac", {}).get("cached", {})
     table = []
     for name, row in data["rows"].items():
@@ -173,7 +193,9 @@ def markdown(data: dict) -> str:
             b = str(b) if str(b) in row["cached"] else b
             cells += [f"{row['cached'][b]:,.0f}", f"{row['uncached'][b]:,.0f}" if b in row["uncached"] else "—"]
         ops = row["ops_per_step"].get(str(batches[0]), row["ops_per_step"].get(batches[0]))
-        cells += [ops if ops is not None else "—", f"{row['weight_floor_tokens_per_s_batch1']:,.0f}"]
+        linear = row.get("linear_floor_tokens_per_s_batch1")
+        cells += [ops if ops is not None else "—", f"{row['weight_floor_tokens_per_s_batch1']:,.0f}",
+                  "—" if linear is None else f"{linear:,.0f}"]
         table.append(cells)
     theirs = data["rows"].get("titans-pytorch MAC", {}).get("cached", {})
     ratio = ""
@@ -186,7 +208,9 @@ def markdown(data: dict) -> str:
             f"thread, medians of {s['repeats']} alternating rounds (uncached: one); machine "
             f"{data['machine']['cpu_model']}, torch {data['machine']['torch']}, load "
             f"{data['load'].get('loadavg_1m', float('nan')):.2f}, code {data['source']['repo_head']}. Weight floor: "
-            f"parameter bytes at the measured single-thread mv bandwidth {data['mv_bandwidth_GBps']:.1f} GB/s.\n\n"
+            f"parameter bytes at the measured single-thread mv bandwidth {data['mv_bandwidth_GBps']:.1f} GB/s; "
+            f"linear floor: the model's own `nn.Linear` layers applied to one token, one after another (their "
+            f"matrix–vector products alone, at the model's shapes).\n\n"
             + markdown_table(header, table) + "\n" + ratio)
 
 

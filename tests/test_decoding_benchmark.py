@@ -16,6 +16,7 @@ def test_every_architecture_decodes_and_the_report_keeps_notes(tmp_path, monkeyp
     for row in data["rows"].values():
         assert all(row[kind][b] > 0 for kind in ("cached", "uncached") for b in (1, 2))
         assert row["ops_per_step"][1] > 0 and row["weight_floor_tokens_per_s_batch1"] > 0
+        assert row["linear_floor_tokens_per_s_batch1"] > 0
     out = tmp_path / "decoding.md"
     out.write_text("old tables\n" + bench.NOTES_MARK + "\nmy notes\n")
     write_keeping_notes_with_json(out, bench.markdown(data), data, bench.NOTES_MARK)
