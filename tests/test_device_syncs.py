@@ -1,9 +1,9 @@
 """No host syncs in the hot loop (issue 13, target 8), checked without a GPU: a training step (forward and backward)
-and a cached decoding step of every preset dispatch no operator that reads a value back from the device — no
-``.item()`` / ``bool(tensor)`` (``_local_scalar_dense``, ``is_nonzero``), no ``nonzero`` or boolean-mask indexing
-(whose output shape depends on the data), no ``unique``. On an accelerator each would stall the device's queue once
-per layer and step. ``memorize``'s argument value checks run only on CPU tensors (``api._value_checks``), so they
-are switched off here as they are on an accelerator."""
+and a cached decoding step of every preset, and a training step of the time-series backbones, dispatch no operator
+that reads a value back from the device — no ``.item()`` / ``bool(tensor)`` (``_local_scalar_dense``,
+``is_nonzero``), no ``nonzero`` or boolean-mask indexing (whose output shape depends on the data), no ``unique``. On
+an accelerator each would stall the device's queue once per layer and step. ``memorize``'s argument value checks
+run only on CPU tensors (``api._value_checks``), so they are switched off here as they are on an accelerator."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nestedmemory.memory.api as api
 from nestedmemory.models import PRESETS, from_preset
 from nestedmemory.models.modeling import cache_of
+from nestedmemory.timeseries.models import CHANNEL_MIXING, build_model
 
 READ_BACK = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
              "aten::unique", "aten::_unique", "aten::_unique2", "aten::unique_consecutive", "aten::unique_dim"}
@@ -56,6 +57,18 @@ def test_training_and_decoding_steps_read_nothing_back(preset, as_on_an_accelera
         with decoding:
             model(input_ids=ids[:, -1:], cache=cache, use_cache=True)
     assert not training.found and not decoding.found, (training.found[:5], decoding.found[:5])
+
+
+@pytest.mark.parametrize("name", [*CHANNEL_MIXING, "titans-lmm"])
+def test_time_series_training_steps_read_nothing_back(name, as_on_an_accelerator):
+    """Chimera, TSM2 and Hydra (their 2-D scans over time and variates) and a zoo preset run per channel. (The graph
+    models are not covered: PyG's ``to_dense_batch`` sizes its output from the batch's data.)"""
+    torch.manual_seed(0)
+    model = build_model(name, "forecast", seq_len=48, num_variates=3, pred_len=12, dim=32, layers=1, patch_len=8,
+                        stride=8)
+    with ReadBacks() as probe:
+        model(torch.randn(2, 48, 3)).square().mean().backward()
+    assert not probe.found, probe.found[:5]
 
 
 def test_the_check_sees_a_read_back():
