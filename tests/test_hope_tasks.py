@@ -57,12 +57,21 @@ def test_tiny_hope_parity_training_stays_finite(memory):
 @pytest.mark.slow
 def test_tiny_hope_learns_parity():
     """The tiny Hope (its self-modifying Titans blocks, ``cms=None`` as in the formal-languages table) recognises
-    parity at the training lengths 1–50 (every prefix right) after 400 AdamW steps (≈ 3 min on one CPU core; at 150
-    steps only half the seeds get there, at 400 every seed tried: docs/hope_parity.md)."""
+    parity at the training lengths 1–50 (every prefix right) within 400 AdamW steps (≈ 3 min on one CPU core; at 150
+    steps only half the seeds get there, at 400 every seed tried: docs/hope_parity.md). Checked every 100 steps of
+    the 400-step schedule, stopping once reached (seed 0: at step 100)."""
     torch.manual_seed(0)
     model = from_preset("hope", size="tiny", vocab_size=formal.VOCAB_SIZE, cms=None)
+    results = []
+
+    def reached(model) -> bool:
+        results.append(formal.evaluate(model, n=128, seed=1_000_003, batch_size=32, language="parity",
+                                       bins=formal.BINS[:1]))
+        return results[-1]["bin"]["0"] >= 0.95
+
     losses = train_on_task(model, formal, steps=400, batch_size=32, lr=3e-3, seed=0, language="parity",
-                           bins=formal.BINS[:1])
+                           bins=formal.BINS[:1], until=reached, check_every=100)
     assert all(map(torch.isfinite, torch.tensor(losses)))
-    result = formal.evaluate(model, n=128, seed=1_000_003, batch_size=32, language="parity", bins=formal.BINS[:1])
-    assert result["bin"]["0"] >= 0.95, result
+    if len(losses) == 400:
+        reached(model)
+    assert results[-1]["bin"]["0"] >= 0.95, results[-1]

@@ -34,3 +34,16 @@ def test_niah_section_and_the_report(tmp_path, monkeypatch):
     text = out.read_text()
     assert "| base |" in text and "![Memory Caching](mc.png)" in text and text.endswith("my notes\n")
     assert "old tables" not in text
+
+
+def test_recall_section_labels_every_variant(monkeypatch):
+    import recall
+
+    monkeypatch.setattr(bench, "QUICK_RECALL", dict(bench.QUICK_RECALL, variants=["base", "sparse", "log"], steps=2,
+                                                    workers=1))
+    monkeypatch.setattr(recall, "PROTOCOL", dict(recall.PROTOCOL, batch_size=2, eval_examples=2))
+    monkeypatch.setattr(recall, "TEST_CELLS", [(64, 4)])
+    section = bench.section_recall(True)
+    assert [r["variant"] for r in section["runs"]] == ["base", "sparse", "log"]
+    assert section["protocol"]["steps"] == 2 and all(0 <= r["accuracy"]["64:4"] <= 1 for r in section["runs"])
+    assert "steps, learner=gd)" in bench.markdown({"recall": section})

@@ -255,6 +255,24 @@ def test_a_briefly_trained_model_beats_chance():
     assert after["token_accuracy"] > 0.9 > before["token_accuracy"] and after["accuracy"] > 0.5
 
 
+def test_training_stops_early_once_the_target_is_reached():
+    """``until`` is asked every ``check_every`` steps with the model in eval mode; the run stops at the first yes,
+    and the steps before it are those of the full run (same seeds, same schedule)."""
+    asked = []
+
+    def until(model):
+        asked.append(model.training)
+        return len(asked) == 2
+
+    options = dict(steps=7, batch_size=4, lr=3e-3, seed=0, language="parity", bins=((1, 8),))
+    torch.manual_seed(0)
+    model = tiny(formal.VOCAB_SIZE)
+    stopped = train_on_task(model, "formal", until=until, check_every=2, **options)
+    assert asked == [False, False] and len(stopped) == 4 and not model.training
+    torch.manual_seed(0)
+    assert train_on_task(tiny(formal.VOCAB_SIZE), "formal", **options)[:4] == stopped
+
+
 def test_run_continual_reports_a_forgetting_matrix():
     result = continual.run_continual("transformer++", num_classes=4, classes_per_task=2, steps_per_task=5,
                                      eval_n=16, seq_len=12)
@@ -303,6 +321,8 @@ def test_reports_and_the_formal_command(tmp_path):
     (lambda: continual.split_tasks(5, 2), "classes_per_task"),
     (lambda: train_on_task(tiny(), "imagenet", steps=1, batch_size=1, lr=1e-3, seed=0), "suite"),
     (lambda: train_on_task(tiny(), "mqar", steps=0, batch_size=1, lr=1e-3, seed=0), "steps"),
+    (lambda: train_on_task(tiny(), "mqar", steps=1, batch_size=1, lr=1e-3, seed=0, check_every=0), "check_every"),
+    (lambda: train_on_task(tiny(), "mqar", steps=1, batch_size=1, lr=1e-3, seed=0, until=0.9), "until"),
     (lambda: formal.evaluate(tiny(6), n=2, seed=0, batch_size=2), "vocabulary"),
 ])
 def test_bad_arguments_raise_value_errors_naming_them(call, name):

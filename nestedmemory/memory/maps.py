@@ -15,23 +15,65 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 def newton_schulz(s, steps: int):
     """``NS_k(S)``: ``k`` quintic Newton–Schulz iterations towards the polar factor of ``S`` (Atlas Eq. 32),
     after Frobenius normalisation; computed in at least fp32 (SPEC numerics), returned in ``s.dtype``. Each step
-    ``X ← aX + (bG + cG²)X``, ``G = XXᵀ`` on the smaller side, is two fused multiply-adds (``baddbmm``)."""
+    ``X ← aX + (bG + cG²)X``, ``G = XXᵀ`` on the smaller side (:class:`_QuinticSteps`)."""
     dtype = torch.promote_types(s.dtype, torch.float32)
     x = s.to(dtype)
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = x.transpose(-1, -2)
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
-    shape = x.shape
-    x = x.reshape(-1, *shape[-2:])
-    a, b, c = NS_COEFFS
-    for _ in range(steps):
-        gram = torch.bmm(x, x.transpose(-1, -2))
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    x = x.reshape(shape)
+    if steps:
+        x = _QuinticSteps.apply(x.reshape(-1, *x.shape[-2:]), steps).reshape(x.shape)
     if tall:
         x = x.transpose(-1, -2)
     return x.to(s.dtype)
+
+
+def _quintic_steps(x, steps: int, saved: list | None = None):
+    """``steps`` iterations ``X ← aX + M X``, ``M = bG + cG²``, ``G = XXᵀ`` on ``[N, m, n]``, each two fused
+    multiply-adds; every step's ``(X, G, M)`` appended to ``saved`` when given."""
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        gram = torch.bmm(x, x.transpose(-1, -2))
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        if saved is not None:
+            saved += [x, gram, poly]
+        x = torch.baddbmm(x, poly, x, beta=a)
+    return x
+
+
+class _QuinticSteps(torch.autograd.Function):
+    """:func:`_quintic_steps` (``m ≤ n``) with a backward that uses the symmetry of ``G`` and ``M``: autograd through
+    the three products takes five ``m × m × n``-sized products per step, this one three and one ``m³``. With ``Ȳ``
+    the step's output gradient,
+
+        X̄ = aȲ + MȲ + (bS + c(SG + (SG)ᵀ)) X,   S = ȲXᵀ + XȲᵀ   (the symmetric part of M̄ = ȲXᵀ, doubled).
+
+    A second derivative (``create_graph``) re-runs the steps under autograd instead."""
+
+    @staticmethod
+    def forward(ctx, x, steps: int):
+        saved = []
+        out = _quintic_steps(x, steps, saved)
+        ctx.steps = steps
+        ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, c = NS_COEFFS
+        saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # differentiable backward: through autograd's graph of the steps
+            x = saved[0]
+            return torch.autograd.grad(_quintic_steps(x, ctx.steps), x, grad, create_graph=True)[0], None
+        for i in range(len(saved) - 3, -1, -3):
+            x, gram, poly = saved[i:i + 3]
+            outer = torch.bmm(grad, x.transpose(-1, -2))
+            sym = outer + outer.transpose(-1, -2)
+            sg = torch.bmm(sym, gram)
+            dgram = b * sym + c * (sg + sg.transpose(-1, -2))
+            grad = torch.baddbmm(torch.baddbmm(grad, poly, grad, beta=a), dgram, x)
+        return grad, None
 
 
 def dgd_scale(rule, lr, x, layer: int):
