@@ -191,6 +191,32 @@ def test_newton_schulz_orthogonalises_in_fp32():
     assert singular.min() > 0.6 and singular.max() < 1.25
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 9), (2, 3, 7, 4)], ids=["wide", "tall"])
+def test_newton_schulz_backward_equals_autograd_through_its_steps_fp64(shape):
+    """The hand-derived backward of the quintic steps (maps._QuinticSteps) against autograd through the literal
+    steps: first derivatives, and second derivatives (``create_graph``, as a CMS outer loop takes)."""
+    from nestedmemory.memory import maps
+
+    def literal(s):
+        x = s.transpose(-1, -2) if s.shape[-2] > s.shape[-1] else s
+        x = maps._quintic_steps((x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)).flatten(0, -3), 5)
+        x = x.view(*s.shape[:-2], *x.shape[-2:])
+        return x.transpose(-1, -2) if s.shape[-2] > s.shape[-1] else x
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+    cotangent, direction = (torch.randn(*shape, dtype=torch.float64, generator=g) for _ in range(2))
+    torch.testing.assert_close(newton_schulz(s, 5), literal(s), rtol=0, atol=1e-14)
+    fast, = torch.autograd.grad(newton_schulz(s, 5), s, cotangent)
+    ref, = torch.autograd.grad(literal(s), s, cotangent)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    def second(f):
+        first, = torch.autograd.grad(f(s), s, cotangent, create_graph=True)
+        return torch.autograd.grad((first * direction).sum(), s)[0]
+
+    torch.testing.assert_close(second(lambda t: newton_schulz(t, 5)), second(literal), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["gelu", "silu", "relu", "tanh", "identity"])
 def test_activation_backward_is_the_activation_s_derivative(name):
     """``activation_backward(g, z) = g ⊙ σ'(z)`` equals autograd's, and is itself differentiable (the write
