@@ -413,7 +413,8 @@ def _muon_chunk(rule, q, q_raw, weights, momentum, factors, coef):
         o = orthos[layer]                                               # [B, H, C, in, out]
         b, h, c, d_in, d_out = o.shape
         pairs = (r @ o.transpose(2, 3).reshape(b, h, d_in, c * d_out)).view(b, h, c, c, d_out)  # h_t O_j
-        return beta.unsqueeze(-1) * (r @ weights[layer]) + (d_theta.unsqueeze(-1) * pairs).sum(-2)
+        return torch.baddbmm((beta.unsqueeze(-1) * (r @ weights[layer])).view(-1, 1, d_out),
+                             d_theta.reshape(-1, 1, c), pairs.view(-1, c, d_out)).view(b, h, c, d_out)
 
     out, _ = forward(rule, q, q_raw, souped(mm, coef.get("soup")))
     new_w = [beta[..., -1:, None] * w + torch.einsum("bhj,bhjio->bhio", d_theta[:, :, -1], o)
