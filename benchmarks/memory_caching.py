@@ -308,7 +308,8 @@ def plot(data: dict, path: Path) -> bool:
     rows = data.get("overhead", {}).get("rows", [])
     for preset in dict.fromkeys(r["preset"] for r in rows):
         for variant in dict.fromkeys(r["variant"] for r in rows):
-            points = [(r["length"], r["tokens_per_s"]) for r in rows if (r["preset"], r["variant"]) == (preset, variant)]
+            points = [(r["length"], r["tokens_per_s"]) for r in rows
+                      if (r["preset"], r["variant"]) == (preset, variant)]
             right.plot(*zip(*points), marker="o", linestyle="-" if preset == rows[0]["preset"] else "--",
                        label=f"{preset} {variant}")
     right.set(xscale="log", yscale="log", xlabel="T (tokens)", ylabel="fwd+bwd tokens/s", title="cost of caching")

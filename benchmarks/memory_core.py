@@ -147,6 +147,13 @@ def machine_info(setup: dict) -> dict:
             "logical_cpus": os.cpu_count(), **setup}
 
 
+def provenance(data: dict) -> str:
+    """``"N thread(s), CPU, torch V, load L, code HEAD"`` of a result with ``machine``, ``load`` and ``source``."""
+    m = data["machine"]
+    return (f"{m['threads']} thread{'s' * (m['threads'] != 1)}, {m['cpu_model']}, torch {m['torch']}, load "
+            f"{data['load'].get('loadavg_1m', float('nan')):.2f}, code {data['source']['repo_head']}")
+
+
 def _libc():
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
