@@ -59,7 +59,7 @@ def test_tiny_hope_learns_parity():
     """The tiny Hope (its self-modifying Titans blocks, ``cms=None`` as in the formal-languages table) recognises
     parity at the training lengths 1–50 (every prefix right) within 400 AdamW steps (≈ 3 min on one CPU core; at 150
     steps only half the seeds get there, at 400 every seed tried: docs/hope_parity.md). Checked every 100 steps of
-    the 400-step schedule, stopping once reached (seed 0: at step 100)."""
+    the 400-step schedule, stopping once reached (seed 0: 86 % at step 100, 100 % at step 200)."""
     torch.manual_seed(0)
     model = from_preset("hope", size="tiny", vocab_size=formal.VOCAB_SIZE, cms=None)
     results = []
