@@ -3,7 +3,8 @@ at equal size).
 
 The tiny presets ``titans-lmm``, ``atlas`` and ``atlas++`` (width 64, 2 layers), and ``atlas++`` with Newton–Schulz
 differentiated by autograd through its steps (the backward before ``maps._QuinticSteps``: the anchor of that change,
-same outputs): a step is the causal-LM loss on ``B × T`` byte tokens, its backward and an AdamW update
+same outputs; its whole steps run under :func:`literal_newton_schulz`, so a checkpointed chunk recomputes alike).
+A step is the causal-LM loss on ``B × T`` byte tokens, its backward and an AdamW update
 (``training_step.median_step_seconds``: a checked warm-up step each, finite loss and gradients, then rounds
 alternating between the models, medians), one thread, denormals flushed.
 
@@ -17,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_core as mc  # noqa: E402
@@ -53,30 +53,16 @@ def literal_newton_schulz():
         maps._QuinticSteps = fast
 
 
-class AutogradNewtonSchulz(nn.Module):
-    """A model whose forwards run Newton–Schulz as plain operations (the backward follows the graph they record)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.config = model, model.config
-
-    def forward(self, **inputs):
-        with literal_newton_schulz():
-            return self.model(**inputs)
-
-
 def build(name: str):
     torch.manual_seed(0)
-    if name == AUTOGRAD_NS:
-        return AutogradNewtonSchulz(from_preset("atlas++"))
-    return from_preset(name)
+    return from_preset("atlas++" if name == AUTOGRAD_NS else name)
 
 
 def run(settings: dict, names: list[str]) -> dict:
     setup = mc.setup_torch(threads=1)
     models = {name: build(name) for name in names}
     ids = ts.tokens(settings)
-    medians = ts.median_step_seconds(models, ids, settings["repeats"])
+    medians = ts.median_step_seconds(models, ids, settings["repeats"], around={AUTOGRAD_NS: literal_newton_schulz})
     rows = {}
     for name, model in models.items():
         seconds = medians[name]

@@ -15,6 +15,7 @@ Writes ``docs/training_step.md`` and its JSON twin (``--out``); hand-written not
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import statistics
@@ -119,16 +120,23 @@ def measure_peak(name: str, settings: dict) -> int | None:
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"] if done.returncode == 0 else None
 
 
-def median_step_seconds(models: dict, ids: torch.Tensor, repeats: int) -> dict:
+def median_step_seconds(models: dict, ids: torch.Tensor, repeats: int, around: dict | None = None) -> dict:
     """Each model's median training-step time on ``ids``: a checked warm-up step each (finite loss and gradients),
-    then ``repeats`` rounds alternating between the models (AdamW, lr 1e-4)."""
+    then ``repeats`` rounds alternating between the models (AdamW, lr 1e-4). ``around``: per model name, a context
+    manager factory its whole steps (forward, backward, update) run in."""
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    around = around or {}
+
+    def timed(name, check=False):
+        with around.get(name, contextlib.nullcontext)():
+            return step(models[name], optimizers[name], ids, check=check)
+
     for name in models:
-        step(models[name], optimizers[name], ids, check=True)
+        timed(name, check=True)
     times = {name: [] for name in models}
     for _ in range(repeats):
         for name in models:
-            times[name].append(step(models[name], optimizers[name], ids))
+            times[name].append(timed(name))
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
