@@ -217,6 +217,16 @@ def test_newton_schulz_backward_equals_autograd_through_its_steps_fp64(shape):
     torch.testing.assert_close(second(lambda t: newton_schulz(t, 5)), second(literal), rtol=1e-10, atol=1e-12)
 
 
+def test_newton_schulz_and_its_backward_stay_fp32_inside_autocast():
+    s = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    plain = newton_schulz(s, 5)
+    grad, = torch.autograd.grad(plain.sum(), s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = newton_schulz(s, 5)
+        auto_grad, = torch.autograd.grad(auto.sum(), s)
+    assert auto.dtype == torch.float32 and torch.equal(auto, plain) and torch.equal(auto_grad, grad)
+
+
 @pytest.mark.parametrize("name", ["gelu", "silu", "relu", "tanh", "identity"])
 def test_activation_backward_is_the_activation_s_derivative(name):
     """``activation_backward(g, z) = g ⊙ σ'(z)`` equals autograd's, and is itself differentiable (the write

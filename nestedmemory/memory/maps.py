@@ -54,26 +54,33 @@ class _QuinticSteps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, steps: int):
         saved = []
-        out = _quintic_steps(x, steps, saved)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 also inside an autocast region
+            out = _quintic_steps(x, steps, saved)
         ctx.steps = steps
         ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, c = NS_COEFFS
         saved = ctx.saved_tensors
-        if torch.is_grad_enabled():  # differentiable backward: through autograd's graph of the steps
-            x = saved[0]
-            return torch.autograd.grad(_quintic_steps(x, ctx.steps), x, grad, create_graph=True)[0], None
-        for i in range(len(saved) - 3, -1, -3):
-            x, gram, poly = saved[i:i + 3]
-            outer = torch.bmm(grad, x.transpose(-1, -2))
-            sym = outer + outer.transpose(-1, -2)
-            sg = torch.bmm(sym, gram)
-            dgram = b * sym + c * (sg + sg.transpose(-1, -2))
-            grad = torch.baddbmm(torch.baddbmm(grad, poly, grad, beta=a), dgram, x)
-        return grad, None
+        with torch.autocast(grad.device.type, enabled=False):  # a backward called inside autocast stays fp32
+            if torch.is_grad_enabled():  # differentiable backward: through autograd's graph of the steps
+                x = saved[0]
+                return torch.autograd.grad(_quintic_steps(x, ctx.steps), x, grad, create_graph=True)[0], None
+            return _quintic_backward(saved, grad), None
+
+
+def _quintic_backward(saved, grad):
+    """:class:`_QuinticSteps`' backward from the steps' saved ``(X, G, M)``."""
+    a, b, c = NS_COEFFS
+    for i in range(len(saved) - 3, -1, -3):
+        x, gram, poly = saved[i:i + 3]
+        outer = torch.bmm(grad, x.transpose(-1, -2))
+        sym = outer + outer.transpose(-1, -2)
+        sg = torch.bmm(sym, gram)
+        dgram = b * sym + c * (sg + sg.transpose(-1, -2))
+        grad = torch.baddbmm(torch.baddbmm(grad, poly, grad, beta=a), dgram, x)
+    return grad
 
 
 def dgd_scale(rule, lr, x, layer: int):
